@@ -1,0 +1,533 @@
+//! One conference: its participants, their receive slots, and the state
+//! machine that routes every published packet into the right slots.
+//!
+//! Sans-IO in the style of str0m: time comes in with every input, packets
+//! are routed into a caller-owned buffer, and everything else (data channel
+//! messages, keyframe requests) is drained with [`Conference::poll_output`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::ids::{Identity, Layer, MediaKind, ParticipantId, SlotRef, StreamKey};
+use super::keyframe::KeyframeThrottle;
+use super::messages::{ParticipantInfo, ServerMessage, SlotInfo, SpeakerInfo, StreamRequest};
+use super::rewrite::SlotRewriter;
+use super::selection::{assign_stable, choose_layer};
+use super::speakers::{SpeakerTracker, SILENCE, SPEAKING_LEVEL};
+
+const AUDIO_CLOCK_RATE: u32 = 48_000;
+const VIDEO_CLOCK_RATE: u32 = 90_000;
+/// The most entries of a REQSTREAMS list that are looked at.
+const MAX_STREAM_REQUESTS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ConferenceConfig {
+    /// How often speakers are ranked, SPEAKERS sent and slots re-chosen.
+    pub speaker_interval: Duration,
+    /// The least time between two keyframe requests to one source stream.
+    pub keyframe_interval: Duration,
+    /// A simulcast layer with no packet for this long counts as stopped.
+    pub layer_timeout: Duration,
+    /// How many speakers a SPEAKERS message lists at most.
+    pub max_speakers: usize,
+}
+
+impl Default for ConferenceConfig {
+    fn default() -> Self {
+        Self {
+            speaker_interval: Duration::from_millis(300),
+            keyframe_interval: Duration::from_millis(300),
+            layer_timeout: Duration::from_secs(2),
+            max_speakers: 5,
+        }
+    }
+}
+
+/// What a joining participant publishes and which slots it receives in.
+#[derive(Debug, Clone)]
+pub struct ParticipantSpec {
+    pub identity: Identity,
+    pub publishes_audio: bool,
+    /// Empty when it publishes no video; one entry (`High`) without simulcast.
+    pub video_layers: Vec<Layer>,
+    pub audio_slot_mids: Vec<String>,
+    pub video_slot_mids: Vec<String>,
+}
+
+/// One RTP packet of a published stream, already parsed by the edge.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingRtp {
+    pub stream: StreamKey,
+    /// Extended (rollover-free) sequence number.
+    pub seq: u64,
+    pub timestamp: u32,
+    pub keyframe: bool,
+    /// RFC 6464 level (0 loudest, 127 silence), when the packet carries one.
+    pub audio_level: Option<u8>,
+}
+
+/// Send the packet into `receiver`'s `slot` with these numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub receiver: ParticipantId,
+    pub slot: SlotRef,
+    pub seq: u64,
+    pub timestamp: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send this message on the participant's `sft` data channel.
+    Send { to: ParticipantId, message: ServerMessage },
+    /// Ask the publisher of this stream for a keyframe (PLI).
+    RequestKeyframe(StreamKey),
+}
+
+#[derive(Debug)]
+pub struct Conference {
+    config: ConferenceConfig,
+    participants: BTreeMap<ParticipantId, Participant>,
+    speakers: SpeakerTracker,
+    throttle: KeyframeThrottle,
+    /// The speakers named in the last SPEAKERS message, loudest first.
+    announced_speakers: Vec<ParticipantId>,
+    next_tick: Option<Instant>,
+    outputs: VecDeque<Output>,
+}
+
+#[derive(Debug)]
+struct Participant {
+    identity: Identity,
+    publishes_audio: bool,
+    video_layers: Vec<Layer>,
+    audio_slots: Vec<Slot>,
+    video_slots: Vec<Slot>,
+    requests: Option<Vec<StreamRequest>>,
+    last_spoke: Option<Instant>,
+    layer_seen: [Option<Instant>; 3],
+    confpart_seq: u64,
+    /// Set when a slot's source changed and CONFPART must tell the client.
+    slots_changed: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    mid: String,
+    /// The stream this slot should carry; it keeps carrying its current
+    /// source until the target's first keyframe arrives.
+    target: Option<StreamKey>,
+    rewriter: SlotRewriter,
+}
+
+impl Slot {
+    fn new(mid: String, clock_rate: u32) -> Self {
+        Self { mid, target: None, rewriter: SlotRewriter::new(clock_rate) }
+    }
+
+    fn is_pending(&self) -> bool {
+        self.target.is_some() && self.target != self.rewriter.source()
+    }
+}
+
+impl Conference {
+    pub fn new(config: ConferenceConfig) -> Self {
+        let throttle = KeyframeThrottle::new(config.keyframe_interval);
+        Self {
+            config,
+            participants: BTreeMap::new(),
+            speakers: SpeakerTracker::default(),
+            throttle,
+            announced_speakers: Vec::new(),
+            next_tick: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn add_participant(&mut self, now: Instant, id: ParticipantId, spec: ParticipantSpec) {
+        let mut video_layers = spec.video_layers;
+        video_layers.sort();
+        video_layers.dedup();
+        let participant = Participant {
+            identity: spec.identity,
+            publishes_audio: spec.publishes_audio,
+            video_layers,
+            audio_slots: spec.audio_slot_mids.into_iter().map(|m| Slot::new(m, AUDIO_CLOCK_RATE)).collect(),
+            video_slots: spec.video_slot_mids.into_iter().map(|m| Slot::new(m, VIDEO_CLOCK_RATE)).collect(),
+            requests: None,
+            last_spoke: None,
+            layer_seen: [None; 3],
+            confpart_seq: 0,
+            slots_changed: false,
+        };
+        self.participants.insert(id, participant);
+        self.next_tick.get_or_insert(now + self.config.speaker_interval);
+        self.reselect_all(now);
+        self.announce_to_all();
+    }
+
+    /// Removes a participant; returns whether it was there.
+    pub fn remove_participant(&mut self, now: Instant, id: ParticipantId) -> bool {
+        if self.participants.remove(&id).is_none() {
+            return false;
+        }
+        self.speakers.forget(id);
+        self.throttle.forget(id);
+        self.announced_speakers.retain(|p| *p != id);
+        for receiver in self.participants.values_mut() {
+            for slot in receiver.audio_slots.iter_mut().chain(receiver.video_slots.iter_mut()) {
+                if slot.target.is_some_and(|t| t.participant == id) {
+                    slot.target = None;
+                }
+                if slot.rewriter.source().is_some_and(|s| s.participant == id) {
+                    slot.rewriter.clear();
+                }
+            }
+        }
+        if self.participants.is_empty() {
+            self.next_tick = None;
+        }
+        self.reselect_all(now);
+        self.announce_to_all();
+        true
+    }
+
+    /// Routes one published packet: appends a [`Forward`] to `out` for every
+    /// slot that carries it. Allocates nothing.
+    pub fn handle_rtp(&mut self, now: Instant, packet: &IncomingRtp, out: &mut Vec<Forward>) {
+        let source = packet.stream;
+        let Some(publisher) = self.participants.get_mut(&source.participant) else {
+            return;
+        };
+        if let Some(layer) = source.layer {
+            publisher.layer_seen[layer.index()] = Some(now);
+        }
+        if let Some(level) = packet.audio_level {
+            self.speakers.observe(source.participant, level);
+        }
+        let mut any_switch = false;
+        for (&receiver_id, receiver) in self.participants.iter_mut() {
+            if receiver_id == source.participant {
+                continue;
+            }
+            let slots = match source.kind {
+                MediaKind::Audio => &mut receiver.audio_slots,
+                MediaKind::Video => &mut receiver.video_slots,
+            };
+            for (index, slot) in slots.iter_mut().enumerate() {
+                let is_current = slot.rewriter.source() == Some(source);
+                if slot.target == Some(source) && !is_current {
+                    let can_switch = source.kind == MediaKind::Audio || packet.keyframe;
+                    if !can_switch {
+                        continue;
+                    }
+                    slot.rewriter.switch_to(now, source, packet.seq, packet.timestamp);
+                    receiver.slots_changed = true;
+                    any_switch = true;
+                } else if !is_current {
+                    continue;
+                }
+                if let Some((seq, timestamp)) = slot.rewriter.rewrite(now, packet.seq, packet.timestamp) {
+                    let slot = SlotRef { kind: source.kind, index };
+                    out.push(Forward { receiver: receiver_id, slot, seq, timestamp });
+                }
+            }
+        }
+        if any_switch {
+            self.announce_changed_slots();
+        }
+    }
+
+    /// A receiver lost a picture in `slot` (PLI/FIR): ask its source.
+    pub fn handle_keyframe_request(&mut self, now: Instant, receiver: ParticipantId, slot: SlotRef) {
+        let source = self
+            .participants
+            .get(&receiver)
+            .and_then(|r| r.slots(slot.kind).get(slot.index))
+            .and_then(|s| s.rewriter.source());
+        if let Some(source) = source {
+            self.request_keyframe(now, source);
+        }
+    }
+
+    /// REQSTREAMS: the receiver chooses its video slots from now on.
+    pub fn handle_request_streams(&mut self, now: Instant, receiver: ParticipantId, mut streams: Vec<StreamRequest>) {
+        let Some(participant) = self.participants.get_mut(&receiver) else {
+            return;
+        };
+        streams.truncate(MAX_STREAM_REQUESTS);
+        participant.requests = Some(streams);
+        self.reselect(now, receiver);
+        self.announce_changed_slots();
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_tick
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(tick) = self.next_tick else {
+            return;
+        };
+        if now < tick {
+            return;
+        }
+        self.next_tick = Some(now + self.config.speaker_interval);
+        self.rank_speakers(now);
+        self.reselect_all(now);
+        self.rerequest_pending_keyframes(now);
+        self.announce_changed_slots();
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn rank_speakers(&mut self, now: Instant) {
+        let ranking = self.speakers.close_window();
+        for &(id, level) in ranking {
+            if level <= SPEAKING_LEVEL {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.last_spoke = Some(now);
+                }
+            }
+        }
+        let loudest: Vec<(ParticipantId, u8)> = ranking
+            .iter()
+            .filter(|(_, level)| *level < SILENCE)
+            .take(self.config.max_speakers)
+            .copied()
+            .collect();
+        let ids: Vec<ParticipantId> = loudest.iter().map(|(id, _)| *id).collect();
+        if ids == self.announced_speakers {
+            return;
+        }
+        self.announced_speakers = ids;
+        let speakers: Vec<SpeakerInfo> = loudest
+            .iter()
+            .filter_map(|(id, level)| {
+                let identity = &self.participants.get(id)?.identity;
+                Some(SpeakerInfo {
+                    userid: identity.userid.clone(),
+                    clientid: identity.clientid.clone(),
+                    domain: identity.domain.clone(),
+                    level: *level,
+                })
+            })
+            .collect();
+        for &to in self.participants.keys() {
+            let message = ServerMessage::Speakers { speakers: speakers.clone() };
+            self.outputs.push_back(Output::Send { to, message });
+        }
+    }
+
+    fn reselect_all(&mut self, now: Instant) {
+        let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+        for id in ids {
+            self.reselect(now, id);
+        }
+    }
+
+    /// Re-chooses the targets of one receiver's slots.
+    fn reselect(&mut self, now: Instant, receiver_id: ParticipantId) {
+        let Some(receiver) = self.participants.get(&receiver_id) else {
+            return;
+        };
+        let audio = self.audio_targets(receiver_id, receiver);
+        let video = self.video_targets(now, receiver_id, receiver);
+        let mut keyframes_needed = Vec::new();
+        let receiver = self.participants.get_mut(&receiver_id).expect("looked up above");
+        for (slot, target) in receiver.audio_slots.iter_mut().zip(audio) {
+            retarget(slot, target, &mut receiver.slots_changed);
+        }
+        for (slot, target) in receiver.video_slots.iter_mut().zip(video) {
+            if retarget(slot, target, &mut receiver.slots_changed) {
+                keyframes_needed.extend(target);
+            }
+        }
+        for stream in keyframes_needed {
+            self.request_keyframe(now, stream);
+        }
+    }
+
+    /// Audio slots carry the loudest other speakers, or everyone when there
+    /// are no more senders than slots.
+    fn audio_targets(&self, receiver_id: ParticipantId, receiver: &Participant) -> Vec<Option<StreamKey>> {
+        let mut senders: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(id, p)| **id != receiver_id && p.publishes_audio)
+            .map(|(id, _)| *id)
+            .collect();
+        senders.sort_by_key(|id| (self.speakers.level(*id), *id));
+        senders.truncate(receiver.audio_slots.len());
+        let current: Vec<Option<ParticipantId>> =
+            receiver.audio_slots.iter().map(|s| s.target.map(|t| t.participant)).collect();
+        assign_stable(&current, &senders)
+            .into_iter()
+            .map(|p| p.map(StreamKey::audio))
+            .collect()
+    }
+
+    /// Video slots follow the receiver's REQSTREAMS, or else the most
+    /// recent active speakers.
+    fn video_targets(&self, now: Instant, receiver_id: ParticipantId, receiver: &Participant) -> Vec<Option<StreamKey>> {
+        let slot_count = receiver.video_slots.len();
+        if let Some(requests) = &receiver.requests {
+            return (0..slot_count)
+                .map(|i| {
+                    let request = requests.get(i)?;
+                    let wanted = request.quality.layer()?;
+                    let (&id, publisher) = self.participants.iter().find(|(id, p)| {
+                        **id != receiver_id
+                            && p.identity.userid == request.userid
+                            && p.identity.clientid == request.clientid
+                            && request.domain.as_ref().is_none_or(|d| *d == p.identity.domain)
+                    })?;
+                    let layer = choose_layer(wanted, &publisher.available_layers(now, self.config.layer_timeout))?;
+                    Some(StreamKey::video(id, layer))
+                })
+                .collect();
+        }
+        let mut publishers: Vec<(&ParticipantId, &Participant)> = self
+            .participants
+            .iter()
+            .filter(|(id, p)| **id != receiver_id && !p.video_layers.is_empty())
+            .collect();
+        // Most recent speaker first; never-spoken ones after, in join order.
+        publishers.sort_by_key(|(id, p)| (std::cmp::Reverse(p.last_spoke), **id));
+        publishers.truncate(slot_count);
+        let desired: Vec<ParticipantId> = publishers.iter().map(|(id, _)| **id).collect();
+        let current: Vec<Option<ParticipantId>> =
+            receiver.video_slots.iter().map(|s| s.target.map(|t| t.participant)).collect();
+        assign_stable(&current, &desired)
+            .into_iter()
+            .map(|p| {
+                let id = p?;
+                let publisher = self.participants.get(&id)?;
+                let layer = choose_layer(Layer::High, &publisher.available_layers(now, self.config.layer_timeout))?;
+                Some(StreamKey::video(id, layer))
+            })
+            .collect()
+    }
+
+    fn rerequest_pending_keyframes(&mut self, now: Instant) {
+        let pending: Vec<StreamKey> = self
+            .participants
+            .values()
+            .flat_map(|p| p.video_slots.iter())
+            .filter(|s| s.is_pending())
+            .filter_map(|s| s.target)
+            .collect();
+        for stream in pending {
+            self.request_keyframe(now, stream);
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, stream: StreamKey) {
+        if self.throttle.allow(now, stream) {
+            self.outputs.push_back(Output::RequestKeyframe(stream));
+        }
+    }
+
+    fn announce_to_all(&mut self) {
+        for participant in self.participants.values_mut() {
+            participant.slots_changed = true;
+        }
+        self.announce_changed_slots();
+    }
+
+    fn announce_changed_slots(&mut self) {
+        let participants: Vec<ParticipantInfo> = self.participants.values().map(Participant::info).collect();
+        let changed: Vec<ParticipantId> =
+            self.participants.iter().filter(|(_, p)| p.slots_changed).map(|(id, _)| *id).collect();
+        for id in changed {
+            let slots = self.slot_infos(id);
+            let receiver = self.participants.get_mut(&id).expect("listed above");
+            receiver.slots_changed = false;
+            receiver.confpart_seq += 1;
+            let message = ServerMessage::ConfPart { seq: receiver.confpart_seq, participants: participants.clone(), slots };
+            self.outputs.push_back(Output::Send { to: id, message });
+        }
+    }
+
+    fn slot_infos(&self, receiver: ParticipantId) -> Vec<SlotInfo> {
+        let Some(receiver) = self.participants.get(&receiver) else {
+            return Vec::new();
+        };
+        let all_slots = receiver.audio_slots.iter().map(|s| (s, MediaKind::Audio));
+        let all_slots = all_slots.chain(receiver.video_slots.iter().map(|s| (s, MediaKind::Video)));
+        all_slots
+            .filter_map(|(slot, kind)| {
+                let source = slot.rewriter.source()?;
+                let identity = &self.participants.get(&source.participant)?.identity;
+                Some(SlotInfo {
+                    mid: slot.mid.clone(),
+                    kind,
+                    userid: identity.userid.clone(),
+                    clientid: identity.clientid.clone(),
+                    domain: identity.domain.clone(),
+                    layer: source.layer,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Points a slot at a new target. Returns whether the slot needs a keyframe
+/// of the new target before it can switch.
+fn retarget(slot: &mut Slot, target: Option<StreamKey>, slots_changed: &mut bool) -> bool {
+    if slot.target == target {
+        return false;
+    }
+    slot.target = target;
+    if target.is_none() && slot.rewriter.source().is_some() {
+        slot.rewriter.clear();
+        *slots_changed = true;
+    }
+    slot.is_pending()
+}
+
+impl Participant {
+    fn slots(&self, kind: MediaKind) -> &[Slot] {
+        match kind {
+            MediaKind::Audio => &self.audio_slots,
+            MediaKind::Video => &self.video_slots,
+        }
+    }
+
+    /// The published layers that are flowing. Before any video arrived, and
+    /// when all layers stopped, every published layer counts, so slots keep
+    /// their target and resume when video comes back.
+    fn available_layers(&self, now: Instant, timeout: Duration) -> Vec<Layer> {
+        let flowing: Vec<Layer> = self
+            .video_layers
+            .iter()
+            .copied()
+            .filter(|l| self.layer_seen[l.index()].is_some_and(|seen| now.saturating_duration_since(seen) < timeout))
+            .collect();
+        if flowing.is_empty() {
+            self.video_layers.clone()
+        } else {
+            flowing
+        }
+    }
+
+    fn info(&self) -> ParticipantInfo {
+        ParticipantInfo {
+            userid: self.identity.userid.clone(),
+            clientid: self.identity.clientid.clone(),
+            domain: self.identity.domain.clone(),
+            audio: self.publishes_audio,
+            video: !self.video_layers.is_empty(),
+            layers: self.video_layers.clone(),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The sans-IO core: conference state, stream selection, rewriting.
+//!
+//! No sockets, no clock reads, no async. Every input carries `now`; every
+//! effect comes out as a value. The media edge (`crate::edge`) is the only
+//! caller, and the unit and simulation tests drive it the same way.
+
+pub mod conference;
+pub mod ids;
+pub mod keyframe;
+pub mod messages;
+pub mod rewrite;
+pub mod selection;
+pub mod speakers;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,325 @@
+//! Deterministic simulations of whole conferences through the core's API.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::conference::{Conference, ConferenceConfig, Forward, IncomingRtp, Output, ParticipantSpec};
+use super::ids::{Identity, Layer, MediaKind, ParticipantId, SlotRef, StreamKey};
+use super::messages::{Quality, ServerMessage, StreamRequest};
+
+fn spec(name: &str, layers: &[Layer], slots: usize) -> ParticipantSpec {
+    ParticipantSpec {
+        identity: Identity { userid: name.into(), clientid: "c".into(), domain: "a.example".into() },
+        publishes_audio: true,
+        video_layers: layers.to_vec(),
+        audio_slot_mids: (0..slots).map(|i| format!("a{i}")).collect(),
+        video_slot_mids: (0..slots).map(|i| format!("v{i}")).collect(),
+    }
+}
+
+/// A conference plus a clock and the per-stream sequence counters of the
+/// simulated publishers.
+struct Sim {
+    conf: Conference,
+    now: Instant,
+    seqs: HashMap<StreamKey, u64>,
+    forwards: Vec<Forward>,
+    outputs: Vec<Output>,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self {
+            conf: Conference::new(ConferenceConfig::default()),
+            now: Instant::now(),
+            seqs: HashMap::new(),
+            forwards: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    fn join(&mut self, id: u64, spec: ParticipantSpec) {
+        self.conf.add_participant(self.now, ParticipantId(id), spec);
+        self.drain();
+    }
+
+    fn send(&mut self, stream: StreamKey, keyframe: bool, audio_level: Option<u8>) -> Vec<Forward> {
+        let seq = self.seqs.entry(stream).or_insert(1000 * stream.participant.0);
+        *seq += 1;
+        let packet = IncomingRtp { stream, seq: *seq, timestamp: (*seq as u32) * 3000, keyframe, audio_level };
+        let mut out = Vec::new();
+        self.conf.handle_rtp(self.now, &packet, &mut out);
+        self.forwards.extend(out.iter().copied());
+        self.drain();
+        out
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.conf.handle_timeout(self.now);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.conf.poll_output() {
+            self.outputs.push(o);
+        }
+    }
+
+    fn last_confpart(&self, to: u64) -> Option<&ServerMessage> {
+        self.outputs.iter().rev().find_map(|o| match o {
+            Output::Send { to: t, message: m @ ServerMessage::ConfPart { .. } } if *t == ParticipantId(to) => Some(m),
+            _ => None,
+        })
+    }
+
+    /// Which participant's streams a receiver's video slots carry, per CONFPART.
+    fn video_slot_users(&self, to: u64) -> Vec<(String, Option<Layer>)> {
+        let Some(ServerMessage::ConfPart { slots, .. }) = self.last_confpart(to) else {
+            return Vec::new();
+        };
+        let mut users: Vec<_> = slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video)
+            .map(|s| (s.userid.clone(), s.layer))
+            .collect();
+        users.sort();
+        users
+    }
+
+    fn keyframe_requests(&self) -> Vec<StreamKey> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::RequestKeyframe(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+const SIMULCAST: [Layer; 3] = [Layer::Low, Layer::Medium, Layer::High];
+
+fn four_party() -> Sim {
+    let mut sim = Sim::new();
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        sim.join(i as u64 + 1, spec(name, &SIMULCAST, 3));
+    }
+    sim
+}
+
+#[test]
+fn everyone_receives_everyone_else_and_never_themselves() {
+    let mut sim = four_party();
+    for p in 1..=4 {
+        sim.send(StreamKey::video(ParticipantId(p), Layer::High), true, None);
+        sim.send(StreamKey::audio(ParticipantId(p)), false, Some(30));
+    }
+    for p in 1..=4u64 {
+        let users = sim.video_slot_users(p);
+        assert_eq!(users.len(), 3, "receiver {p}: {users:?}");
+        assert!(users.iter().all(|(_, layer)| *layer == Some(Layer::High)));
+        let me = ["a", "b", "c", "d"][p as usize - 1];
+        assert!(users.iter().all(|(u, _)| u != me));
+        let Some(ServerMessage::ConfPart { participants, .. }) = sim.last_confpart(p) else { panic!() };
+        assert_eq!(participants.len(), 4);
+    }
+    assert!(sim.forwards.iter().all(|f| f.receiver.0 != 0));
+    // 4 video + 4 audio packets, each to 3 receivers.
+    assert_eq!(sim.forwards.len(), 24);
+}
+
+#[test]
+fn video_waits_for_a_keyframe_and_asks_for_one() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("a", &[Layer::High], 1));
+    sim.join(2, spec("b", &[Layer::High], 1));
+    let a_video = StreamKey::video(ParticipantId(1), Layer::High);
+    assert!(sim.keyframe_requests().contains(&a_video));
+    assert!(sim.send(a_video, false, None).is_empty(), "inter frame before any keyframe");
+    let out = sim.send(a_video, true, None);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].receiver, ParticipantId(2));
+    assert_eq!(out[0].slot, SlotRef { kind: MediaKind::Video, index: 0 });
+    assert_eq!(sim.send(a_video, false, None)[0].seq, out[0].seq + 1);
+}
+
+#[test]
+fn slot_switch_keeps_sequence_continuous() {
+    // Receiver 1 has one video slot; 2 and 3 publish. REQSTREAMS moves the slot.
+    let mut sim = Sim::new();
+    sim.join(1, spec("r", &[], 1));
+    sim.join(2, spec("x", &[Layer::High], 0));
+    sim.join(3, spec("y", &[Layer::High], 0));
+    let x = StreamKey::video(ParticipantId(2), Layer::High);
+    let y = StreamKey::video(ParticipantId(3), Layer::High);
+    sim.send(x, true, None);
+    let mut last = sim.send(x, false, None)[0].seq;
+    let request = |user: &str| StreamRequest { userid: user.into(), clientid: "c".into(), domain: None, quality: Quality::High };
+    sim.conf.handle_request_streams(sim.now, ParticipantId(1), vec![request("y")]);
+    sim.drain();
+    assert!(sim.keyframe_requests().contains(&y));
+    // Until y's keyframe, the slot keeps carrying x.
+    assert!(sim.send(y, false, None).is_empty());
+    let held = sim.send(x, false, None);
+    assert_eq!(held[0].seq, last + 1);
+    last = held[0].seq;
+    sim.advance(Duration::from_millis(20));
+    let switched = sim.send(y, true, None);
+    assert_eq!(switched[0].seq, last + 1);
+    assert!(sim.send(x, false, None).is_empty(), "old source no longer forwarded");
+    assert_eq!(sim.video_slot_users(1), vec![("y".to_string(), Some(Layer::High))]);
+}
+
+#[test]
+fn requested_layers_and_off() {
+    let mut sim = four_party();
+    let req = |user: &str, quality| StreamRequest { userid: user.into(), clientid: "c".into(), domain: Some("a.example".into()), quality };
+    sim.conf.handle_request_streams(sim.now, ParticipantId(1), vec![req("b", Quality::Low), req("c", Quality::High), req("d", Quality::Off)]);
+    sim.drain();
+    for p in 2..=4 {
+        for layer in SIMULCAST {
+            sim.send(StreamKey::video(ParticipantId(p), layer), true, None);
+        }
+    }
+    assert_eq!(
+        sim.video_slot_users(1),
+        vec![("b".to_string(), Some(Layer::Low)), ("c".to_string(), Some(Layer::High))]
+    );
+    let to_1: Vec<_> = sim.forwards.iter().filter(|f| f.receiver == ParticipantId(1)).collect();
+    assert_eq!(to_1.len(), 2, "only b/l and c/h reach receiver 1: {to_1:?}");
+}
+
+#[test]
+fn leaving_participant_disappears_from_confpart_and_slots() {
+    let mut sim = four_party();
+    for p in 1..=4 {
+        sim.send(StreamKey::video(ParticipantId(p), Layer::High), true, None);
+    }
+    assert!(sim.conf.remove_participant(sim.now, ParticipantId(3)));
+    assert!(!sim.conf.remove_participant(sim.now, ParticipantId(3)));
+    sim.drain();
+    for p in [1, 2, 4] {
+        let Some(ServerMessage::ConfPart { participants, slots, .. }) = sim.last_confpart(p) else { panic!() };
+        assert_eq!(participants.len(), 3);
+        assert!(participants.iter().all(|x| x.userid != "c"));
+        assert!(slots.iter().all(|s| s.userid != "c"));
+    }
+}
+
+#[test]
+fn audio_slots_carry_the_loudest_when_there_are_more_senders_than_slots() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("r", &[], 2));
+    for (id, name) in [(2, "quiet"), (3, "loud"), (4, "medium")] {
+        sim.join(id, spec(name, &[], 0));
+    }
+    for _ in 0..5 {
+        sim.send(StreamKey::audio(ParticipantId(2)), false, Some(100));
+        sim.send(StreamKey::audio(ParticipantId(3)), false, Some(10));
+        sim.send(StreamKey::audio(ParticipantId(4)), false, Some(40));
+    }
+    sim.advance(Duration::from_millis(300));
+    // One round lets the slots switch (audio needs no keyframe), the next shows the result.
+    for _ in 0..2 {
+        sim.send(StreamKey::audio(ParticipantId(3)), false, Some(10));
+        sim.send(StreamKey::audio(ParticipantId(4)), false, Some(40));
+    }
+    assert!(sim.send(StreamKey::audio(ParticipantId(2)), false, Some(100)).is_empty(), "quiet one dropped");
+    assert_eq!(sim.send(StreamKey::audio(ParticipantId(3)), false, Some(10)).len(), 1);
+    assert_eq!(sim.send(StreamKey::audio(ParticipantId(4)), false, Some(40)).len(), 1);
+    let speakers = sim.outputs.iter().rev().find_map(|o| match o {
+        Output::Send { message: ServerMessage::Speakers { speakers }, .. } => Some(speakers.clone()),
+        _ => None,
+    });
+    let names: Vec<String> = speakers.unwrap().iter().map(|s| s.userid.clone()).collect();
+    assert_eq!(names, vec!["loud", "medium", "quiet"]);
+}
+
+#[test]
+fn receiver_keyframe_requests_reach_the_source_throttled() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("a", &[Layer::High], 1));
+    sim.join(2, spec("b", &[], 1));
+    let a_video = StreamKey::video(ParticipantId(1), Layer::High);
+    sim.send(a_video, true, None);
+    sim.advance(Duration::from_secs(1));
+    sim.outputs.clear();
+    let slot = SlotRef { kind: MediaKind::Video, index: 0 };
+    for _ in 0..10 {
+        sim.conf.handle_keyframe_request(sim.now, ParticipantId(2), slot);
+    }
+    sim.drain();
+    assert_eq!(sim.keyframe_requests(), vec![a_video]);
+}
+
+#[test]
+fn simulcast_falls_back_to_flowing_layers() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("a", &SIMULCAST, 0));
+    sim.join(2, spec("b", &[], 1));
+    // Only the low layer ever flows: after the layer timeout the slot takes it.
+    for _ in 0..3 {
+        sim.send(StreamKey::video(ParticipantId(1), Layer::Low), true, None);
+        sim.advance(Duration::from_millis(300));
+    }
+    sim.send(StreamKey::video(ParticipantId(1), Layer::Low), true, None);
+    assert_eq!(sim.video_slot_users(2), vec![("a".to_string(), Some(Layer::Low))]);
+}
+
+/// Random joins, leaves, requests and packets; checks the invariants that
+/// must hold whatever happens.
+#[test]
+fn random_conferences_keep_invariants() {
+    for seed in 0..40 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut sim = Sim::new();
+        let mut present: Vec<u64> = Vec::new();
+        let mut last_seq: HashMap<(ParticipantId, SlotRef), u64> = HashMap::new();
+        let mut next_id = 1;
+        for _ in 0..600 {
+            match rng.gen_range(0..100) {
+                0..=4 if present.len() < 8 => {
+                    let layers: &[Layer] = if rng.gen_bool(0.5) { &SIMULCAST } else { &[Layer::High] };
+                    sim.join(next_id, spec(&format!("u{next_id}"), layers, rng.gen_range(0..4)));
+                    present.push(next_id);
+                    next_id += 1;
+                }
+                5..=7 if !present.is_empty() => {
+                    let gone = present.swap_remove(rng.gen_range(0..present.len()));
+                    assert!(sim.conf.remove_participant(sim.now, ParticipantId(gone)));
+                    last_seq.retain(|(r, _), _| r.0 != gone);
+                }
+                8..=9 if !present.is_empty() => {
+                    let who = present[rng.gen_range(0..present.len())];
+                    let target = present[rng.gen_range(0..present.len())];
+                    let quality = [Quality::Low, Quality::Medium, Quality::High, Quality::Off][rng.gen_range(0..4)];
+                    let req = StreamRequest { userid: format!("u{target}"), clientid: "c".into(), domain: None, quality };
+                    sim.conf.handle_request_streams(sim.now, ParticipantId(who), vec![req]);
+                }
+                10..=14 => sim.advance(Duration::from_millis(rng.gen_range(1..400))),
+                _ if !present.is_empty() => {
+                    let who = ParticipantId(present[rng.gen_range(0..present.len())]);
+                    let stream = if rng.gen_bool(0.3) {
+                        StreamKey::audio(who)
+                    } else {
+                        StreamKey::video(who, SIMULCAST[rng.gen_range(0..3)])
+                    };
+                    let level = (stream.kind == MediaKind::Audio).then(|| rng.gen_range(0..=127));
+                    for f in sim.send(stream, rng.gen_bool(0.2), level) {
+                        assert_ne!(f.receiver, who, "seed {seed}: own media forwarded back");
+                        let previous = last_seq.insert((f.receiver, f.slot), f.seq);
+                        if let Some(previous) = previous {
+                            assert_eq!(f.seq, previous + 1, "seed {seed}: slot sequence must be continuous");
+                        }
+                    }
+                }
+                _ => {}
+            }
+            sim.drain();
+        }
+    }
+}
