@@ -1,5 +1,14 @@
 //! sft: a federated selective forwarding unit for group video calls.
 //!
-//! `core` is the sans-IO heart; everything else is a thin shell around it.
+//! `core` is the sans-IO heart: conferences, slots, selection, rewriting.
+//! `edge` (media), `signalling` and `admin` (HTTP) are thin shells around
+//! it; `server` wires them together from a checked `config`.
 
+pub mod admin;
+pub mod config;
 pub mod core;
+pub mod drain;
+pub mod edge;
+pub mod metrics;
+pub mod server;
+pub mod signalling;

@@ -1,1 +1,85 @@
-fn main() {}
+//! The `sft` binary: run the SFT.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use sft::config::Config;
+use sft::server::Server;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "sft: a federated selective forwarding unit for group video calls")]
+struct Cli {
+    /// TOML config file; without it the embedded default runs on localhost.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The IP address clients send media to (overrides media.public_ip).
+    #[arg(long, value_name = "IP")]
+    public_ip: Option<IpAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let mut config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sft: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(ip) = cli.public_ip {
+        config.set_public_ip(ip);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let server = match Server::start(&config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("sft: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let scheme = if config.signalling.tls.is_some() { "https" } else { "http" };
+    println!("sft: demo page at {scheme}://{}/", server.signalling_addr);
+    tracing::info!(
+        signalling = %server.signalling_addr,
+        media = %server.media_addr,
+        metrics = %server.metrics_addr,
+        domain = %config.domain,
+        "sft running"
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+        _ = server.drain.started() => tracing::info!("drain requested"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; exiting without draining");
+            return ExitCode::SUCCESS;
+        }
+    }
+    server.drain_and_wait(config.drain_timeout).await;
+    ExitCode::SUCCESS
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,str0m=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

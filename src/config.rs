@@ -1,0 +1,296 @@
+//! Configuration: one plain serde struct, read from the embedded default or
+//! a TOML file, overridden by `SFT_<SECTION>__<KEY>` variables, and checked
+//! once at start-up into [`Config`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The embedded default: `config/sft.toml` as shipped.
+pub const DEFAULT_TOML: &str = include_str!("../config/sft.toml");
+
+/// A configuration that cannot be used; printed as one line, exit code 2.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config key `{key}`: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    domain: String,
+    drain_timeout: u64,
+    signalling: RawSignalling,
+    media: RawMedia,
+    limits: Limits,
+    metrics: RawMetrics,
+    federation: RawFederation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignalling {
+    listen: String,
+    allow_origin: Vec<String>,
+    auth_secret: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    listen: String,
+    public_ip: Option<String>,
+    idle_timeout: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    enabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_participants: usize,
+    pub max_conference_size: usize,
+}
+
+/// The checked configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub domain: String,
+    pub drain_timeout: Duration,
+    pub signalling: SignallingConfig,
+    pub media: MediaConfig,
+    pub limits: Limits,
+    pub metrics_listen: SocketAddr,
+    pub federation_enabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SignallingConfig {
+    pub listen: SocketAddr,
+    /// `None` allows any origin.
+    pub allow_origin: Option<Vec<String>>,
+    pub auth_secret: Option<String>,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub listen: SocketAddr,
+    /// The address put in the host candidate.
+    pub public_addr: SocketAddr,
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Loads the file (or the embedded default), applies the environment
+    /// overrides from `env`, and checks the result.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = DEFAULT_TOML.parse().map_err(|e| ConfigError::Parse(format!("embedded default: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let overlay: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(format!("{}: {}", path.display(), e.message())))?;
+            merge(&mut table, overlay);
+        }
+        for (name, value) in env {
+            apply_env(&mut table, &name, &value);
+        }
+        let raw: RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_owned()))?;
+        raw.check()
+    }
+
+    /// `--public-ip` from the command line wins over the files.
+    pub fn set_public_ip(&mut self, ip: IpAddr) {
+        self.media.public_addr = SocketAddr::new(ip, self.media.listen.port());
+    }
+}
+
+/// Merges `overlay` into `base`, table by table.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => merge(base_table, overlay_table),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `SFT_MEDIA__PUBLIC_IP=1.2.3.4` sets `media.public_ip`; `SFT_DOMAIN=x`
+/// sets `domain`. The value is read as TOML when it parses as one (numbers,
+/// booleans, arrays), else taken as a string.
+fn apply_env(table: &mut toml::Table, name: &str, value: &str) {
+    let Some(path) = name.strip_prefix("SFT_") else {
+        return;
+    };
+    let value = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+    let (key, sections) = parts.split_last().expect("split yields at least one part");
+    let mut target = table;
+    for section in sections {
+        let entry = target.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(inner) = entry else {
+            return;
+        };
+        target = inner;
+    }
+    target.insert(key.clone(), value);
+}
+
+fn socket_addr(key: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    raw.parse().map_err(|_| ConfigError::Invalid { key, why: format!("{raw:?} is not an address like 127.0.0.1:8585") })
+}
+
+impl RawConfig {
+    fn check(self) -> Result<Config, ConfigError> {
+        if self.domain.is_empty() || self.domain.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Err(ConfigError::Invalid { key: "domain", why: format!("{:?} is not a domain name", self.domain) });
+        }
+        let media_listen = socket_addr("media.listen", &self.media.listen)?;
+        let public_addr = match &self.media.public_ip {
+            Some(ip) => {
+                let ip: IpAddr = ip.parse().map_err(|_| ConfigError::Invalid { key: "media.public_ip", why: format!("{ip:?} is not an IP address") })?;
+                SocketAddr::new(ip, media_listen.port())
+            }
+            None if media_listen.ip().is_unspecified() => {
+                return Err(ConfigError::Invalid {
+                    key: "media.public_ip",
+                    why: format!("required when media.listen is the wildcard address {media_listen}"),
+                })
+            }
+            None => media_listen,
+        };
+        if media_listen.port() == 0 && self.media.public_ip.is_some() {
+            return Err(ConfigError::Invalid { key: "media.listen", why: "port 0 cannot be combined with media.public_ip".into() });
+        }
+        if !(self.media.idle_timeout.is_finite() && self.media.idle_timeout > 0.0 && self.media.idle_timeout <= 3600.0) {
+            return Err(ConfigError::Invalid { key: "media.idle_timeout", why: "must be between 0 and 3600 seconds".into() });
+        }
+        let allow_origin = if self.signalling.allow_origin.iter().any(|o| o == "*") {
+            None
+        } else {
+            Some(self.signalling.allow_origin)
+        };
+        if self.signalling.auth_secret.as_deref() == Some("") {
+            return Err(ConfigError::Invalid { key: "signalling.auth_secret", why: "must not be empty (leave it out to turn auth off)".into() });
+        }
+        let tls = match (self.signalling.tls_cert, self.signalling.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::Invalid { key: "signalling.tls_key", why: "needed with signalling.tls_cert".into() }),
+            (None, Some(_)) => return Err(ConfigError::Invalid { key: "signalling.tls_cert", why: "needed with signalling.tls_key".into() }),
+        };
+        if self.limits.max_participants == 0 || self.limits.max_conference_size == 0 {
+            return Err(ConfigError::Invalid { key: "limits", why: "limits must be at least 1".into() });
+        }
+        if self.federation.enabled {
+            return Err(ConfigError::Invalid { key: "federation.enabled", why: "federation is not available in this build yet".into() });
+        }
+        Ok(Config {
+            domain: self.domain,
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+            signalling: SignallingConfig {
+                listen: socket_addr("signalling.listen", &self.signalling.listen)?,
+                allow_origin,
+                auth_secret: self.signalling.auth_secret,
+                tls,
+            },
+            media: MediaConfig { listen: media_listen, public_addr, idle_timeout: Duration::from_secs_f64(self.media.idle_timeout) },
+            limits: self.limits,
+            metrics_listen: socket_addr("metrics.listen", &self.metrics.listen)?,
+            federation_enabled: self.federation.enabled,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("sft-config-test-{}", rand::random::<u64>()));
+        std::fs::write(&dir, toml).unwrap();
+        let result = Config::load(Some(&dir), env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        std::fs::remove_file(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn embedded_default_runs_on_localhost() {
+        let config = Config::load(None, []).unwrap();
+        assert_eq!(config.signalling.listen.port(), 8585);
+        assert_eq!(config.media.listen.port(), 20000);
+        assert_eq!(config.metrics_listen.port(), 49090);
+        assert_eq!(config.media.idle_timeout, Duration::from_secs(10));
+        assert_eq!(config.drain_timeout, Duration::from_secs(3600));
+        assert!(config.signalling.allow_origin.is_none());
+        assert!(config.media.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn file_and_env_override_defaults() {
+        let config = load_str(
+            "domain = \"a.example\"\n[media]\nlisten = \"0.0.0.0:30000\"\n",
+            &[("SFT_MEDIA__PUBLIC_IP", "203.0.113.7"), ("SFT_MEDIA__IDLE_TIMEOUT", "2.5"), ("OTHER", "x")],
+        )
+        .unwrap();
+        assert_eq!(config.domain, "a.example");
+        assert_eq!(config.media.public_addr, "203.0.113.7:30000".parse().unwrap());
+        assert_eq!(config.media.idle_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let cases = [
+            ("[media]\nlisten = \"nope\"\n", "media.listen"),
+            ("[media]\nlisten = \"0.0.0.0:1\"\n", "media.public_ip"),
+            ("[media]\nidle_timeout = -1\n", "media.idle_timeout"),
+            ("[signalling]\ntls_cert = \"x\"\n", "signalling.tls_key"),
+            ("[media]\nbogus = 1\n", "bogus"),
+            ("domain = \"a b\"\n", "domain"),
+        ];
+        for (toml, key) in cases {
+            let err = load_str(toml, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/sft.toml")), []).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/sft.toml"));
+    }
+}

@@ -1,0 +1,238 @@
+//! One client session: its str0m `Rtc`, and the maps between the client's
+//! m-lines and the core's streams and slots.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::channel::ChannelId;
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequestKind, MediaKind as RtcKind, Mid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::Rtc;
+
+use crate::core::ids::{ConferenceKey, Layer, MediaKind, ParticipantId, SlotRef, StreamKey};
+use crate::core::messages::ServerMessage;
+
+use super::offer::OfferSummary;
+
+/// The data channel label of contract section 3.2.
+pub const CHANNEL_LABEL: &str = "sft";
+
+/// How a received SSRC maps to the core's view, learned on its first packet.
+#[derive(Debug, Clone, Copy)]
+struct InboundStream {
+    ssrc: Ssrc,
+    stream: StreamKey,
+}
+
+/// A receive slot as the WebRTC stack sees it.
+#[derive(Debug)]
+struct SlotTx {
+    mid: Mid,
+    ssrc: Ssrc,
+    /// The receiver's payload type for each codec it accepts in this slot.
+    payload_types: Vec<(Codec, str0m::format::PayloadParams)>,
+}
+
+pub struct Client {
+    pub id: ParticipantId,
+    pub conference: ConferenceKey,
+    /// The driver's number for `conference`.
+    pub conference_number: u64,
+    pub sessid: String,
+    pub rtc: Rtc,
+    /// Addresses this client's datagrams came from (ICE may use several).
+    pub remote_addrs: Vec<SocketAddr>,
+    pub last_rx: Instant,
+    pub next_timeout: Option<Instant>,
+    /// Set while the client has output to poll; keeps it in the dirty list once.
+    pub dirty: bool,
+    channel: Option<ChannelId>,
+    /// Messages produced before the data channel opened. Only the newest
+    /// of each type matters: each one carries the whole state.
+    queued: Vec<ServerMessage>,
+    audio_publish: Option<Mid>,
+    video_publish: Option<Mid>,
+    video_simulcast: bool,
+    inbound: Vec<InboundStream>,
+    audio_slots: Vec<SlotTx>,
+    video_slots: Vec<SlotTx>,
+}
+
+impl Client {
+    /// Wraps an `Rtc` that has accepted the offer `summary` describes.
+    pub fn new(
+        id: ParticipantId,
+        conference: ConferenceKey,
+        conference_number: u64,
+        sessid: String,
+        mut rtc: Rtc,
+        summary: &OfferSummary,
+        now: Instant,
+    ) -> Self {
+        let audio_slots = summary.audio_slots.iter().filter_map(|mid| slot_tx(&mut rtc, mid)).collect();
+        let video_slots = summary.video_slots.iter().filter_map(|mid| slot_tx(&mut rtc, mid)).collect();
+        Self {
+            id,
+            conference,
+            conference_number,
+            sessid,
+            rtc,
+            remote_addrs: Vec::new(),
+            last_rx: now,
+            next_timeout: Some(now),
+            dirty: false,
+            channel: None,
+            queued: Vec::new(),
+            audio_publish: summary.audio_publish.as_deref().map(Mid::from),
+            video_publish: summary.video_publish.as_ref().map(|v| Mid::from(v.mid.as_str())),
+            video_simulcast: summary.video_publish.as_ref().is_some_and(|v| v.simulcast),
+            inbound: Vec::new(),
+            audio_slots,
+            video_slots,
+        }
+    }
+
+    /// The core's stream key and the codec of a received packet; `None` when
+    /// it belongs to no publication this client announced.
+    pub fn classify(&mut self, packet: &RtpPacket) -> Option<(StreamKey, Codec)> {
+        let ssrc = packet.header.ssrc;
+        let stream = match self.inbound.iter().find(|s| s.ssrc == ssrc) {
+            Some(known) => known.stream,
+            None => {
+                let stream = self.learn_inbound(ssrc)?;
+                self.inbound.push(InboundStream { ssrc, stream });
+                stream
+            }
+        };
+        let codec = self.rtc.codec_config().iter().find(|p| p.pt() == packet.header.payload_type)?.spec().codec;
+        Some((stream, codec))
+    }
+
+    fn learn_inbound(&mut self, ssrc: Ssrc) -> Option<StreamKey> {
+        let mut api = self.rtc.direct_api();
+        let rx = api.stream_rx(&ssrc)?;
+        let (mid, rid) = (rx.mid(), rx.rid());
+        if Some(mid) == self.audio_publish {
+            return Some(StreamKey::audio(self.id));
+        }
+        if Some(mid) != self.video_publish {
+            return None;
+        }
+        let layer = match rid {
+            Some(rid) => Layer::from_rid(&rid)?,
+            None => Layer::High,
+        };
+        Some(StreamKey::video(self.id, layer))
+    }
+
+    /// Writes a forwarded packet into one of this client's receive slots.
+    /// Returns false when the slot cannot carry the codec.
+    pub fn write_rtp(&mut self, slot: SlotRef, seq: u64, timestamp: u32, packet: &RtpPacket, codec: Codec) -> bool {
+        let slots = match slot.kind {
+            MediaKind::Audio => &self.audio_slots,
+            MediaKind::Video => &self.video_slots,
+        };
+        let Some(tx) = slots.get(slot.index) else {
+            return false;
+        };
+        let Some((_, params)) = tx.payload_types.iter().find(|(c, _)| *c == codec) else {
+            return false;
+        };
+        let pt = params.pt();
+        let ssrc = tx.ssrc;
+        let source_ext = &packet.header.ext_vals;
+        let ext_vals = ExtensionValues {
+            audio_level: source_ext.audio_level,
+            voice_activity: source_ext.voice_activity,
+            ..Default::default()
+        };
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx(&ssrc) else {
+            return false;
+        };
+        let write = RtpWrite::new(pt, seq.into(), timestamp, packet.timestamp, packet.payload.clone())
+            .marker(packet.header.marker)
+            .ext_vals(ext_vals)
+            .nackable(slot.kind == MediaKind::Video);
+        stream.write_rtp(write);
+        true
+    }
+
+    /// The slot a keyframe request from this client (as a receiver) is about.
+    pub fn slot_of(&self, mid: Mid) -> Option<SlotRef> {
+        let find = |slots: &[SlotTx], kind| slots.iter().position(|s| s.mid == mid).map(|index| SlotRef { kind, index });
+        find(&self.video_slots, MediaKind::Video).or_else(|| find(&self.audio_slots, MediaKind::Audio))
+    }
+
+    /// Asks this client (as a publisher) for a keyframe of one stream.
+    pub fn request_keyframe(&mut self, stream: StreamKey) {
+        let mid = match stream.kind {
+            MediaKind::Audio => return,
+            MediaKind::Video => self.video_publish,
+        };
+        let Some(mid) = mid else {
+            return;
+        };
+        let rid = stream.layer.filter(|_| self.video_simulcast).map(|l| l.rid().into());
+        if let Some(rx) = self.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+    }
+
+    pub fn channel_opened(&mut self, id: ChannelId, label: &str) {
+        if label != CHANNEL_LABEL {
+            return;
+        }
+        self.channel = Some(id);
+        for message in std::mem::take(&mut self.queued) {
+            self.send_text(&message);
+        }
+    }
+
+    /// Sends a message on the `sft` channel, or queues it until it opens.
+    pub fn send_message(&mut self, message: ServerMessage) {
+        if self.channel.is_some() {
+            self.send_text(&message);
+        } else {
+            let kind = std::mem::discriminant(&message);
+            self.queued.retain(|queued| std::mem::discriminant(queued) != kind);
+            self.queued.push(message);
+        }
+    }
+
+    fn send_text(&mut self, message: &ServerMessage) {
+        let Some(id) = self.channel else {
+            return;
+        };
+        let json = serde_json::to_string(message).expect("server messages serialize");
+        if let Some(mut channel) = self.rtc.channel(id) {
+            if !matches!(channel.write(false, json.as_bytes()), Ok(true)) {
+                tracing::debug!(participant = %self.id, "data channel full; message dropped");
+            }
+        }
+    }
+
+    pub fn is_sft_channel(&self, id: ChannelId) -> bool {
+        self.channel == Some(id)
+    }
+}
+
+fn slot_tx(rtc: &mut Rtc, mid: &str) -> Option<SlotTx> {
+    let mid = Mid::from(mid);
+    let media = rtc.media(mid)?;
+    let kind = media.kind();
+    let remote_pts = media.remote_pts().to_vec();
+    let payload_types = rtc
+        .codec_config()
+        .iter()
+        .filter(|p| remote_pts.contains(&p.pt()))
+        .filter(|p| match kind {
+            RtcKind::Audio => p.spec().codec.is_audio(),
+            RtcKind::Video => p.spec().codec.is_video(),
+        })
+        .map(|p| (p.spec().codec, *p))
+        .collect();
+    let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+    Some(SlotTx { mid, ssrc, payload_types })
+}

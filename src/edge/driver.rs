@@ -1,0 +1,482 @@
+//! The edge's event loop: socket, timers and commands in; str0m and the
+//! conference core in between; datagrams out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpPacket;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Limits};
+use crate::core::conference::{Conference, ConferenceConfig, Forward, IncomingRtp, Output as CoreOutput, ParticipantSpec};
+use crate::core::ids::{ConferenceKey, MediaKind, ParticipantId};
+use crate::core::keyframe::is_vp8_keyframe;
+use crate::core::messages::ClientMessage;
+use crate::metrics::{DropReason, Metrics};
+
+use super::client::Client;
+use super::offer::{self, OfferSummary};
+use super::udp::{Datagram, MediaSocket};
+use super::{Command, JoinError, JoinRequest};
+
+/// Datagram batches handled per wake-up before timers and commands get a
+/// turn, so a flood on the socket cannot starve them (quinn's WorkLimiter idea).
+const MAX_BATCHES_PER_WAKE: usize = 16;
+/// How often sessions are checked for idleness.
+const IDLE_SWEEP: Duration = Duration::from_millis(500);
+/// The biggest data channel message a client may send.
+const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+
+/// What the edge holds, for `/metrics` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EdgeStats {
+    pub participants: usize,
+    pub conferences: usize,
+}
+
+pub(super) struct Driver {
+    socket: MediaSocket,
+    public_addr: SocketAddr,
+    idle_timeout: Duration,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    clients: HashMap<ParticipantId, Client>,
+    by_addr: HashMap<SocketAddr, ParticipantId>,
+    sessions: HashMap<(ConferenceKey, String), ParticipantId>,
+    /// Conferences by a process-local number, so the packet path looks them
+    /// up without touching (or cloning) the string key.
+    conferences: HashMap<u64, Conference>,
+    conference_numbers: HashMap<ConferenceKey, u64>,
+    next_participant: u64,
+    next_conference: u64,
+    next_idle_sweep: Instant,
+    // Buffers reused on every wake-up so the packet path does not allocate.
+    events: Vec<(ParticipantId, Event)>,
+    forwards: Vec<Forward>,
+    outgoing: Vec<Datagram>,
+    dirty: Vec<ParticipantId>,
+    ended: Vec<(ParticipantId, &'static str)>,
+}
+
+impl Driver {
+    pub(super) fn new(socket: MediaSocket, public_addr: SocketAddr, config: &Config, metrics: Arc<Metrics>) -> Self {
+        Self {
+            socket,
+            public_addr,
+            idle_timeout: config.media.idle_timeout,
+            limits: config.limits,
+            metrics,
+            clients: HashMap::new(),
+            by_addr: HashMap::new(),
+            sessions: HashMap::new(),
+            conferences: HashMap::new(),
+            conference_numbers: HashMap::new(),
+            next_participant: 1,
+            next_conference: 1,
+            next_idle_sweep: Instant::now() + IDLE_SWEEP,
+            events: Vec::new(),
+            forwards: Vec::new(),
+            outgoing: Vec::new(),
+            dirty: Vec::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => break,
+                },
+                readable = self.socket.readable() => {
+                    if let Err(e) = readable {
+                        tracing::error!("media socket failed: {e}");
+                        break;
+                    }
+                    self.receive();
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            self.handle_timeouts(Instant::now());
+            self.settle();
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let clients = self.clients.values().filter_map(|c| c.next_timeout);
+        let conferences = self.conferences.values().filter_map(Conference::poll_timeout);
+        clients.chain(conferences).fold(self.next_idle_sweep, Instant::min)
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Join { request, reply } => {
+                let result = self.join(Instant::now(), request);
+                let _ = reply.send(result);
+            }
+            Command::Leave { conference, sessid, reply } => {
+                let id = self.sessions.get(&(conference, sessid)).copied();
+                if let Some(id) = id {
+                    self.ended.push((id, "delete"));
+                }
+                let _ = reply.send(id.is_some());
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(EdgeStats { participants: self.clients.len(), conferences: self.conferences.len() });
+            }
+        }
+    }
+
+    fn join(&mut self, now: Instant, request: JoinRequest) -> Result<String, JoinError> {
+        let session_key = (request.conference.clone(), request.sessid.clone());
+        if self.sessions.contains_key(&session_key) {
+            return Err(JoinError::SessionExists(request.sessid));
+        }
+        if self.clients.len() >= self.limits.max_participants {
+            return Err(JoinError::AtCapacity("this SFT is at its participant limit"));
+        }
+        let existing = self.conference_numbers.get(&request.conference).and_then(|n| self.conferences.get(n));
+        if existing.is_some_and(|c| c.len() >= self.limits.max_conference_size) {
+            return Err(JoinError::AtCapacity("the conference is full"));
+        }
+        let summary = offer::inspect(&request.offer_sdp).map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let sdp = SdpOffer::from_sdp_string(&request.offer_sdp).map_err(|e| JoinError::BadOffer(format!("invalid SDP: {e}")))?;
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(now);
+        let candidate = Candidate::host(self.public_addr, "udp").map_err(|e| JoinError::BadOffer(format!("host candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc.sdp_api().accept_offer(sdp).map_err(|e| JoinError::BadOffer(format!("offer not accepted: {e}")))?;
+
+        let id = ParticipantId(self.next_participant);
+        self.next_participant += 1;
+        let number = match self.conference_numbers.get(&request.conference) {
+            Some(number) => *number,
+            None => {
+                let number = self.next_conference;
+                self.next_conference += 1;
+                self.conference_numbers.insert(request.conference.clone(), number);
+                self.conferences.insert(number, Conference::new(ConferenceConfig::default()));
+                number
+            }
+        };
+        let client = Client::new(id, request.conference.clone(), number, request.sessid, rtc, &summary, now);
+        self.clients.insert(id, client);
+        self.sessions.insert(session_key, id);
+        if let Some(conference) = self.conferences.get_mut(&number) {
+            conference.add_participant(now, id, participant_spec(request.identity, &summary));
+        }
+        self.drain_conference(number);
+        self.mark_dirty(id);
+        self.update_gauges();
+        tracing::info!(participant = %id, conf = %request.conference.conf_id, "joined");
+        Ok(answer.to_sdp_string())
+    }
+
+    fn receive(&mut self) {
+        for _ in 0..MAX_BATCHES_PER_WAKE {
+            let now = Instant::now();
+            let Self { socket, clients, by_addr, public_addr, metrics, outgoing, events, ended, .. } = self;
+            let mut sink = Sink { outgoing, events, ended };
+            let received = socket.recv_batch(|source, datagram| {
+                handle_datagram(now, source, *public_addr, datagram, clients, by_addr, metrics, &mut sink);
+            });
+            match received {
+                Ok(0) => break,
+                Ok(_) => self.settle(),
+                Err(e) => {
+                    tracing::warn!("media socket receive failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        for client in self.clients.values_mut() {
+            if client.next_timeout.is_some_and(|t| t <= now) {
+                client.next_timeout = None;
+                if client.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    self.ended.push((client.id, "webrtc-error"));
+                }
+                if !client.dirty {
+                    client.dirty = true;
+                    self.dirty.push(client.id);
+                }
+            }
+        }
+        let due: Vec<u64> = self
+            .conferences
+            .iter()
+            .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(number, _)| *number)
+            .collect();
+        for number in due {
+            if let Some(conference) = self.conferences.get_mut(&number) {
+                conference.handle_timeout(now);
+            }
+            self.drain_conference(number);
+        }
+        if now >= self.next_idle_sweep {
+            self.next_idle_sweep = now + IDLE_SWEEP;
+            for client in self.clients.values() {
+                if now.saturating_duration_since(client.last_rx) > self.idle_timeout {
+                    self.ended.push((client.id, "idle-timeout"));
+                } else if !client.rtc.is_alive() {
+                    self.ended.push((client.id, "closed"));
+                }
+            }
+        }
+    }
+
+    /// Polls every client with pending work until nothing is left: their
+    /// events feed the core, the core's forwards make more clients dirty.
+    fn settle(&mut self) {
+        let now = Instant::now();
+        while !self.dirty.is_empty() || !self.ended.is_empty() {
+            while let Some(id) = self.dirty.pop() {
+                self.poll_client(id);
+            }
+            let mut events = std::mem::take(&mut self.events);
+            for (id, event) in events.drain(..) {
+                self.handle_event(now, id, event);
+            }
+            self.events = events;
+            for (id, cause) in std::mem::take(&mut self.ended) {
+                self.remove(now, id, cause);
+            }
+        }
+        let dropped = self.socket.send_all(&mut self.outgoing);
+        for _ in 0..dropped {
+            self.metrics.dropped(DropReason::Rejected);
+        }
+    }
+
+    fn poll_client(&mut self, id: ParticipantId) {
+        if let Some(client) = self.clients.get_mut(&id) {
+            let mut sink = Sink { outgoing: &mut self.outgoing, events: &mut self.events, ended: &mut self.ended };
+            poll_rtc(client, &mut sink);
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, id: ParticipantId, event: Event) {
+        match event {
+            Event::RtpPacket(packet) => self.route_rtp(now, id, &packet),
+            Event::KeyframeRequest(request) => {
+                let Some(client) = self.clients.get(&id) else { return };
+                let (Some(slot), number) = (client.slot_of(request.mid), client.conference_number) else { return };
+                if let Some(conference) = self.conferences.get_mut(&number) {
+                    conference.handle_keyframe_request(now, id, slot);
+                }
+                self.drain_conference(number);
+            }
+            Event::ChannelOpen(channel, label) => {
+                if let Some(client) = self.clients.get_mut(&id) {
+                    client.channel_opened(channel, &label);
+                    self.mark_dirty(id);
+                }
+            }
+            Event::ChannelData(data) => {
+                let is_ours = self.clients.get(&id).is_some_and(|c| c.is_sft_channel(data.id));
+                if is_ours {
+                    self.handle_client_message(now, id, &data.data);
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.ended.push((id, "ice-disconnected")),
+            Event::Closed => self.ended.push((id, "closed")),
+            Event::Connected => tracing::debug!(participant = %id, "connected"),
+            _ => {}
+        }
+    }
+
+    fn handle_client_message(&mut self, now: Instant, id: ParticipantId, data: &[u8]) {
+        let message = (data.len() <= MAX_CLIENT_MESSAGE).then(|| serde_json::from_slice::<ClientMessage>(data).ok()).flatten();
+        let Some(message) = message else {
+            self.metrics.dropped(DropReason::BadMessage);
+            return;
+        };
+        match message {
+            ClientMessage::Hangup => self.ended.push((id, "hangup")),
+            ClientMessage::RequestStreams { streams } => {
+                let Some(number) = self.clients.get(&id).map(|c| c.conference_number) else { return };
+                if let Some(conference) = self.conferences.get_mut(&number) {
+                    conference.handle_request_streams(now, id, streams);
+                }
+                self.drain_conference(number);
+            }
+        }
+    }
+
+    /// The packet path: one packet in, a write into every slot that carries it.
+    fn route_rtp(&mut self, now: Instant, source: ParticipantId, packet: &RtpPacket) {
+        let Some(client) = self.clients.get_mut(&source) else { return };
+        let Some((stream, codec)) = client.classify(packet) else { return };
+        let keyframe = stream.kind == MediaKind::Video && codec == Codec::Vp8 && is_vp8_keyframe(&packet.payload);
+        let audio_level = packet.header.ext_vals.audio_level.map(|level| level.unsigned_abs().min(127));
+        let incoming = IncomingRtp { stream, seq: *packet.seq_no, timestamp: packet.header.timestamp, keyframe, audio_level };
+        let number = client.conference_number;
+        let Some(conference) = self.conferences.get_mut(&number) else { return };
+        conference.handle_rtp(now, &incoming, &mut self.forwards);
+        for forward in self.forwards.drain(..) {
+            let Some(receiver) = self.clients.get_mut(&forward.receiver) else { continue };
+            if receiver.write_rtp(forward.slot, forward.seq, forward.timestamp, packet, codec) {
+                self.metrics.rtp_packets_forwarded.inc();
+                self.metrics.rtp_bytes_forwarded.inc_by(packet.payload.len() as u64);
+                if !receiver.dirty {
+                    receiver.dirty = true;
+                    self.dirty.push(forward.receiver);
+                }
+            } else {
+                self.metrics.dropped(DropReason::NoCodec);
+            }
+        }
+        self.drain_conference(number);
+    }
+
+    /// Carries out what the conference core asked for.
+    fn drain_conference(&mut self, number: u64) {
+        let Some(conference) = self.conferences.get_mut(&number) else { return };
+        while let Some(output) = conference.poll_output() {
+            let (target, action) = match output {
+                CoreOutput::Send { to, message } => (to, Ok(message)),
+                CoreOutput::RequestKeyframe(stream) => (stream.participant, Err(stream)),
+            };
+            let Some(client) = self.clients.get_mut(&target) else { continue };
+            match action {
+                Ok(message) => client.send_message(message),
+                Err(stream) => client.request_keyframe(stream),
+            }
+            if !client.dirty {
+                client.dirty = true;
+                self.dirty.push(target);
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, id: ParticipantId) {
+        if let Some(client) = self.clients.get_mut(&id) {
+            if !client.dirty {
+                client.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, now: Instant, id: ParticipantId, cause: &'static str) {
+        let Some(mut client) = self.clients.remove(&id) else { return };
+        client.rtc.disconnect();
+        for addr in &client.remote_addrs {
+            self.by_addr.remove(addr);
+        }
+        self.sessions.remove(&(client.conference.clone(), client.sessid.clone()));
+        let number = client.conference_number;
+        if let Some(conference) = self.conferences.get_mut(&number) {
+            conference.remove_participant(now, id);
+            self.drain_conference(number);
+            if self.conferences.get(&number).is_some_and(Conference::is_empty) {
+                self.conferences.remove(&number);
+                self.conference_numbers.remove(&client.conference);
+            }
+        }
+        self.metrics.ended(cause);
+        self.update_gauges();
+        tracing::info!(participant = %id, conf = %client.conference.conf_id, cause, "left");
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.local_participants().set(self.clients.len() as i64);
+        self.metrics.conferences.set(self.conferences.len() as i64);
+    }
+}
+
+/// Where polling a client's `Rtc` puts its output.
+struct Sink<'a> {
+    outgoing: &'a mut Vec<Datagram>,
+    events: &'a mut Vec<(ParticipantId, Event)>,
+    ended: &'a mut Vec<(ParticipantId, &'static str)>,
+}
+
+/// Drains a client's `Rtc` until it asks for a timeout. str0m holds at most
+/// one received RTP packet until polled, so this must run after every input.
+fn poll_rtc(client: &mut Client, sink: &mut Sink) {
+    client.dirty = false;
+    loop {
+        match client.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                client.next_timeout = Some(t);
+                return;
+            }
+            Ok(Output::Transmit(t)) => sink.outgoing.push(Datagram { destination: t.destination, contents: t.contents.into() }),
+            Ok(Output::Event(event)) => sink.events.push((client.id, event)),
+            Err(e) => {
+                tracing::debug!(participant = %client.id, "webrtc error: {e}");
+                sink.ended.push((client.id, "webrtc-error"));
+                return;
+            }
+        }
+    }
+}
+
+/// Hands one datagram to the session it belongs to and polls that session.
+fn handle_datagram(
+    now: Instant,
+    source: SocketAddr,
+    local: SocketAddr,
+    datagram: &[u8],
+    clients: &mut HashMap<ParticipantId, Client>,
+    by_addr: &mut HashMap<SocketAddr, ParticipantId>,
+    metrics: &Metrics,
+    sink: &mut Sink,
+) {
+    let Ok(receive) = Receive::new(Protocol::Udp, source, local, datagram) else {
+        metrics.dropped(DropReason::Malformed);
+        return;
+    };
+    let input = Input::Receive(now, receive);
+    let id = match by_addr.get(&source) {
+        Some(id) => *id,
+        // A new address: only a STUN request naming a session's ufrag is accepted.
+        None => match clients.values().find(|c| c.rtc.accepts(&input)) {
+            Some(client) => {
+                by_addr.insert(source, client.id);
+                client.id
+            }
+            None => {
+                metrics.dropped(DropReason::UnknownSource);
+                return;
+            }
+        },
+    };
+    let Some(client) = clients.get_mut(&id) else { return };
+    if !client.remote_addrs.contains(&source) {
+        client.remote_addrs.push(source);
+    }
+    if let Err(e) = client.rtc.handle_input(input) {
+        tracing::debug!(participant = %id, "datagram rejected: {e}");
+        metrics.dropped(DropReason::Rejected);
+    }
+    client.last_rx = now;
+    poll_rtc(client, sink);
+}
+
+fn participant_spec(identity: crate::core::ids::Identity, summary: &OfferSummary) -> ParticipantSpec {
+    ParticipantSpec {
+        identity,
+        publishes_audio: summary.audio_publish.is_some(),
+        video_layers: summary.video_publish.as_ref().map(|v| v.layers.clone()).unwrap_or_default(),
+        audio_slot_mids: summary.audio_slots.clone(),
+        video_slot_mids: summary.video_slots.clone(),
+    }
+}

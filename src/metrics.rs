@@ -1,0 +1,177 @@
+//! The Prometheus metrics of contract section 6, on a registry of their own
+//! so several servers can run in one process (tests) without mixing counts.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Why a SETUP was turned away; the `reason` label of `sft_sessions_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    BadRequest,
+    Unauthorized,
+    FederationDenied,
+    SessionExists,
+    TooLarge,
+    Unavailable,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 6] = [
+        Self::BadRequest,
+        Self::Unauthorized,
+        Self::FederationDenied,
+        Self::SessionExists,
+        Self::TooLarge,
+        Self::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::Unauthorized => "unauthorized",
+            Self::FederationDenied => "federation-denied",
+            Self::SessionExists => "session-exists",
+            Self::TooLarge => "too-large",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Where a packet on the media port was dropped; the `reason` label of
+/// `sft_media_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not STUN/DTLS/RTP/RTCP at all.
+    Malformed,
+    /// From an address no session knows and not a STUN request for one.
+    UnknownSource,
+    /// A session's WebRTC stack refused it (bad SRTP, bad DTLS, ...).
+    Rejected,
+    /// A data channel message that is not a valid client message.
+    BadMessage,
+    /// The receiver has not negotiated the source's codec.
+    NoCodec,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [Self::Malformed, Self::UnknownSource, Self::Rejected, Self::BadMessage, Self::NoCodec];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownSource => "unknown-source",
+            Self::Rejected => "rejected",
+            Self::BadMessage => "bad-message",
+            Self::NoCodec => "no-codec",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub conferences: IntGauge,
+    participants: IntGaugeVec,
+    pub rtp_packets_forwarded: IntCounter,
+    pub rtp_bytes_forwarded: IntCounter,
+    pub join_duration: Histogram,
+    sessions_rejected: IntCounterVec,
+    sessions_ended: IntCounterVec,
+    media_dropped: IntCounterVec,
+    pub draining: IntGauge,
+    // Declared now so dashboards and alerts see the series from day one;
+    // federation fills them.
+    _federation_links: IntGaugeVec,
+    _federation_relay_bytes: IntCounterVec,
+    _federation_rejected: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let conferences = IntGauge::new("sft_conferences", "Conferences with at least one participant on this SFT").expect("valid metric");
+        let participants = IntGaugeVec::new(Opts::new("sft_participants", "Participants in conferences on this SFT"), &["role"]).expect("valid metric");
+        let rtp_packets_forwarded = IntCounter::new("sft_rtp_packets_forwarded_total", "RTP packets sent into receive slots").expect("valid metric");
+        let rtp_bytes_forwarded = IntCounter::new("sft_rtp_bytes_forwarded_total", "RTP payload bytes sent into receive slots").expect("valid metric");
+        let join_duration = Histogram::with_opts(
+            HistogramOpts::new("sft_join_duration_seconds", "Time from SETUP received to answer sent")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )
+        .expect("valid metric");
+        let sessions_rejected = IntCounterVec::new(Opts::new("sft_sessions_rejected_total", "SETUP requests turned away, by error code"), &["reason"]).expect("valid metric");
+        let sessions_ended = IntCounterVec::new(Opts::new("sft_sessions_ended_total", "Sessions that ended, by cause"), &["cause"]).expect("valid metric");
+        let media_dropped = IntCounterVec::new(Opts::new("sft_media_dropped_total", "Datagrams and messages dropped at the media edge, by reason"), &["reason"]).expect("valid metric");
+        let draining = IntGauge::new("sft_draining", "1 while the SFT drains and takes no new sessions").expect("valid metric");
+        let federation_links = IntGaugeVec::new(Opts::new("sft_federation_links", "Federation links to peer SFTs, by state"), &["peer_domain", "state"]).expect("valid metric");
+        let federation_relay_bytes = IntCounterVec::new(Opts::new("sft_federation_relay_bytes_total", "Bytes on federation relay links"), &["peer_domain", "direction"]).expect("valid metric");
+        let federation_rejected = IntCounterVec::new(Opts::new("sft_federation_rejected_total", "Federation requests rejected, by reason"), &["reason"]).expect("valid metric");
+        for collector in [
+            Box::new(conferences.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(participants.clone()),
+            Box::new(rtp_packets_forwarded.clone()),
+            Box::new(rtp_bytes_forwarded.clone()),
+            Box::new(join_duration.clone()),
+            Box::new(sessions_rejected.clone()),
+            Box::new(sessions_ended.clone()),
+            Box::new(media_dropped.clone()),
+            Box::new(draining.clone()),
+            Box::new(federation_links.clone()),
+            Box::new(federation_relay_bytes.clone()),
+            Box::new(federation_rejected.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        // Make every labelled series visible at zero before its first event.
+        for role in ["local", "remote"] {
+            participants.with_label_values(&[role]).set(0);
+        }
+        for reason in RejectReason::ALL {
+            sessions_rejected.with_label_values(&[reason.label()]);
+        }
+        for reason in DropReason::ALL {
+            media_dropped.with_label_values(&[reason.label()]);
+        }
+        Self {
+            registry,
+            conferences,
+            participants,
+            rtp_packets_forwarded,
+            rtp_bytes_forwarded,
+            join_duration,
+            sessions_rejected,
+            sessions_ended,
+            media_dropped,
+            draining,
+            _federation_links: federation_links,
+            _federation_relay_bytes: federation_relay_bytes,
+            _federation_rejected: federation_rejected,
+        }
+    }
+
+    pub fn local_participants(&self) -> IntGauge {
+        self.participants.with_label_values(&["local"])
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.sessions_rejected.with_label_values(&[reason.label()]).inc();
+    }
+
+    pub fn ended(&self, cause: &str) {
+        self.sessions_ended.with_label_values(&[cause]).inc();
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        self.media_dropped.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

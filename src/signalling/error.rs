@@ -1,0 +1,81 @@
+//! The one place where signalling failures become the contract's HTTP
+//! status codes and `{"error","message"}` bodies.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use thiserror::Error;
+
+use crate::edge::JoinError;
+use crate::metrics::RejectReason;
+
+/// How long a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "10";
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    FederationDenied(String),
+    #[error("{0}")]
+    SessionExists(String),
+    #[error("request body is larger than 64 KiB")]
+    TooLarge,
+    #[error("{0}")]
+    Unavailable(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::FederationDenied(_) => (StatusCode::FORBIDDEN, "federation-denied"),
+            Self::SessionExists(_) => (StatusCode::CONFLICT, "session-exists"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+        }
+    }
+
+    /// The `sft_sessions_rejected_total` reason, for errors that turn a SETUP away.
+    pub fn reject_reason(&self) -> Option<RejectReason> {
+        Some(match self {
+            Self::BadRequest(_) => RejectReason::BadRequest,
+            Self::Unauthorized(_) => RejectReason::Unauthorized,
+            Self::FederationDenied(_) => RejectReason::FederationDenied,
+            Self::SessionExists(_) => RejectReason::SessionExists,
+            Self::TooLarge => RejectReason::TooLarge,
+            Self::Unavailable(_) => RejectReason::Unavailable,
+            Self::NotFound(_) => return None,
+        })
+    }
+}
+
+impl From<JoinError> for ApiError {
+    fn from(error: JoinError) -> Self {
+        match error {
+            JoinError::BadOffer(why) => Self::BadRequest(format!("SDP offer: {why}")),
+            JoinError::SessionExists(_) => Self::SessionExists(error.to_string()),
+            JoinError::AtCapacity(why) => Self::Unavailable(why),
+            JoinError::Stopped => Self::Unavailable("the media edge is shutting down"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = Json(serde_json::json!({ "error": code, "message": self.to_string() }));
+        let mut response = (status, body).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}

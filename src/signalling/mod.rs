@@ -1,0 +1,169 @@
+//! Client signalling (contract section 3): SETUP and leave over HTTP, CORS,
+//! the optional bearer token, and the demo page.
+
+mod auth;
+mod cors;
+mod demo;
+mod error;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::core::ids::{ConfId, ConferenceKey, Identity};
+use crate::drain::Drain;
+use crate::edge::{EdgeHandle, JoinRequest};
+use crate::metrics::Metrics;
+
+pub use auth::sign as sign_token;
+pub use error::ApiError;
+
+/// The largest SETUP body the contract allows.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_SESSID_CHARS: usize = 64;
+const MAX_ID_CHARS: usize = 256;
+
+pub struct Signalling {
+    pub domain: String,
+    pub edge: EdgeHandle,
+    pub auth_secret: Option<String>,
+    pub allow_origin: Option<Vec<String>>,
+    pub metrics: Arc<Metrics>,
+    pub drain: Arc<Drain>,
+}
+
+pub fn router(state: Arc<Signalling>) -> Router {
+    let cors_state = state.clone();
+    Router::new()
+        .route("/", get(demo::page))
+        .route("/sft/{conf_id}", post(setup))
+        .route("/sft/{conf_id}/{sessid}", delete(leave))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(move |request, next| cors::handle(cors_state.clone(), request, next)))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct SetupRequest {
+    #[serde(rename = "type")]
+    kind: String,
+    sessid: String,
+    src_userid: String,
+    src_clientid: String,
+    props: SetupProps,
+    anchor: Option<Anchor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SetupProps {
+    #[serde(rename = "type")]
+    kind: String,
+    sdp: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Anchor {
+    domain: String,
+}
+
+async fn setup(State(state): State<Arc<Signalling>>, Path(conf_id): Path<String>, request: Request) -> Response {
+    let started = Instant::now();
+    match join(&state, &conf_id, request).await {
+        Ok(answer) => {
+            state.metrics.join_duration.observe(started.elapsed().as_secs_f64());
+            Json(answer).into_response()
+        }
+        Err(error) => {
+            if let Some(reason) = error.reject_reason() {
+                state.metrics.rejected(reason);
+            }
+            tracing::info!(conf = %conf_id, "SETUP rejected: {error}");
+            error.into_response()
+        }
+    }
+}
+
+async fn join(state: &Signalling, conf_id: &str, request: Request) -> Result<serde_json::Value, ApiError> {
+    let conf_id = ConfId::parse(conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let headers = request.headers().clone();
+    let body = read_body(request.into_body(), &headers).await?;
+    let setup: SetupRequest = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid SETUP JSON: {e}")))?;
+    check_setup(&setup)?;
+    if state.drain.is_draining() {
+        return Err(ApiError::Unavailable("this SFT is draining"));
+    }
+    if let Some(secret) = &state.auth_secret {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        auth::verify(secret, authorization, conf_id.as_str(), &setup.src_userid, now_secs).map_err(|e| ApiError::Unauthorized(e.message()))?;
+    }
+    let anchor_domain = match &setup.anchor {
+        Some(anchor) if anchor.domain != state.domain => {
+            return Err(ApiError::FederationDenied(format!("federation is off on this SFT; cannot join a conference anchored at {:?}", anchor.domain)));
+        }
+        _ => state.domain.clone(),
+    };
+    let conference = ConferenceKey { anchor_domain: anchor_domain.clone(), conf_id: conf_id.clone() };
+    let identity = Identity { userid: setup.src_userid, clientid: setup.src_clientid, domain: state.domain.clone() };
+    let request = JoinRequest { conference, sessid: setup.sessid.clone(), identity, offer_sdp: setup.props.sdp };
+    let answer_sdp = state.edge.join(request).await?;
+    Ok(serde_json::json!({
+        "version": "3.0",
+        "type": "SETUP",
+        "sessid": setup.sessid,
+        "resp": true,
+        "conf_id": conf_id.as_str(),
+        "anchor_domain": anchor_domain,
+        "props": { "type": "answer", "sdp": answer_sdp },
+    }))
+}
+
+fn check_setup(setup: &SetupRequest) -> Result<(), ApiError> {
+    let bad = |why: String| Err(ApiError::BadRequest(why));
+    if setup.kind != "SETUP" {
+        return bad(format!("type must be \"SETUP\", not {:?}", setup.kind));
+    }
+    if setup.props.kind != "offer" {
+        return bad(format!("props.type must be \"offer\", not {:?}", setup.props.kind));
+    }
+    let sessid_chars = setup.sessid.chars().count();
+    if sessid_chars == 0 || sessid_chars > MAX_SESSID_CHARS {
+        return bad(format!("sessid must be 1 to {MAX_SESSID_CHARS} characters"));
+    }
+    for (field, value) in [("src_userid", &setup.src_userid), ("src_clientid", &setup.src_clientid)] {
+        if value.is_empty() || value.chars().count() > MAX_ID_CHARS {
+            return bad(format!("{field} must be 1 to {MAX_ID_CHARS} characters"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads at most [`MAX_BODY_BYTES`]; more is 413 whatever Content-Length says.
+async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::TooLarge);
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::TooLarge)
+}
+
+async fn leave(State(state): State<Arc<Signalling>>, Path((conf_id, sessid)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    let conf_id = ConfId::parse(&conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let conference = ConferenceKey { anchor_domain: state.domain.clone(), conf_id };
+    if state.edge.leave(conference, sessid).await {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("no such session in this conference".into()))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}

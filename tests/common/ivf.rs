@@ -1,0 +1,67 @@
+//! Reads the committed IVF test files and VP8 keyframe headers.
+
+/// The frames of an IVF file (32-byte file header, then 12-byte frame
+/// headers each followed by one VP8 frame).
+pub fn frames(ivf: &[u8]) -> Vec<Vec<u8>> {
+    assert_eq!(&ivf[..4], b"DKIF", "not an IVF file");
+    let header_len = u16::from_le_bytes([ivf[6], ivf[7]]) as usize;
+    let mut frames = Vec::new();
+    let mut at = header_len;
+    while at + 12 <= ivf.len() {
+        let len = u32::from_le_bytes(ivf[at..at + 4].try_into().unwrap()) as usize;
+        at += 12;
+        frames.push(ivf[at..at + len].to_vec());
+        at += len;
+    }
+    frames
+}
+
+pub fn layer_file(name: &str) -> Vec<Vec<u8>> {
+    let bytes = match name {
+        "l" => include_bytes!("../media/vp8-l.ivf").as_slice(),
+        "m" => include_bytes!("../media/vp8-m.ivf").as_slice(),
+        "h" => include_bytes!("../media/vp8-h.ivf").as_slice(),
+        "single" => include_bytes!("../media/vp8-single.ivf").as_slice(),
+        other => panic!("no test file {other}"),
+    };
+    frames(bytes)
+}
+
+/// The picture width in a VP8 keyframe carried by the first RTP packet of a
+/// frame (RFC 7741 payload descriptor, then the VP8 frame header).
+pub fn keyframe_width(payload: &[u8]) -> Option<u16> {
+    let first = *payload.first()?;
+    if first & 0x10 == 0 || first & 0x07 != 0 {
+        return None;
+    }
+    let mut at = 1;
+    if first & 0x80 != 0 {
+        let ext = *payload.get(1)?;
+        at += 1;
+        if ext & 0x80 != 0 {
+            at += if payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            at += 1;
+        }
+        if ext & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    let frame = payload.get(at..)?;
+    if frame.len() < 10 || frame[0] & 0x01 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff)
+}
+
+/// The keyframe width of each test layer.
+pub fn width_of(layer: &str) -> u16 {
+    match layer {
+        "l" => 80,
+        "m" => 160,
+        "h" => 320,
+        "single" => 176,
+        other => panic!("no layer {other}"),
+    }
+}

@@ -1,0 +1,450 @@
+//! Test harness: an in-process SFT on loopback, and synthetic WebRTC peers
+//! built with webrtc-rs (a second, independent WebRTC stack).
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod ivf;
+pub mod proxy;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sft::config::Config;
+use sft::server::Server;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::data_channel::data_channel_message::DataChannelMessage;
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::registry::Registry;
+use webrtc::media::Sample;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use webrtc::rtp::extension::HeaderExtension;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
+use webrtc::track::track_local::TrackLocal;
+
+/// Every wait in the tests is bounded by this.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct TestSft {
+    pub server: Server,
+}
+
+impl TestSft {
+    /// An SFT on loopback with OS-chosen ports; `extra` is TOML merged over
+    /// the embedded default (it may not repeat the listen keys).
+    pub async fn start(extra: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("sft-test-{}.toml", rand_suffix()));
+        std::fs::write(&path, extra).unwrap();
+        let loopback_ports = ["SFT_SIGNALLING__LISTEN", "SFT_MEDIA__LISTEN", "SFT_METRICS__LISTEN"]
+            .map(|key| (key.to_string(), "\"127.0.0.1:0\"".to_string()));
+        let config = Config::load(Some(&path), loopback_ports).expect("test config is valid");
+        std::fs::remove_file(&path).unwrap();
+        let server = Server::start(&config).await.expect("SFT starts");
+        Self { server }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.signalling_addr)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.server.metrics_addr)).await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one sample line of `/metrics`, e.g. `sft_participants{role="local"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+/// What a peer publishes as video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Video {
+    None,
+    Single,
+    Simulcast,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    pub conf: String,
+    pub userid: String,
+    /// Put into every audio payload, so receivers know whose audio they got.
+    pub marker: u8,
+    pub audio: bool,
+    pub video: Video,
+    pub audio_slots: usize,
+    pub video_slots: usize,
+    /// RFC 6464 level this peer "speaks" at.
+    pub audio_level: u8,
+}
+
+impl PeerOptions {
+    pub fn new(conf: &str, userid: &str, marker: u8) -> Self {
+        Self {
+            conf: conf.into(),
+            userid: userid.into(),
+            marker,
+            audio: true,
+            video: Video::Simulcast,
+            audio_slots: 3,
+            video_slots: 3,
+            audio_level: 40,
+        }
+    }
+}
+
+/// What arrived in one receive slot (m-line).
+#[derive(Debug, Default, Clone)]
+pub struct SlotStats {
+    pub packets: u64,
+    pub ssrcs: HashSet<u32>,
+    /// Steps between consecutive packets that were not +1.
+    pub seq_jumps: u64,
+    pub jumps: Vec<(u16, u16)>,
+    last_seq: Option<u16>,
+    /// Widths of the VP8 keyframes seen (which layer / which file).
+    pub keyframe_widths: Vec<u16>,
+    /// Audio markers seen, in order of arrival.
+    pub markers: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+pub struct PeerState {
+    pub confparts: Vec<Value>,
+    pub speakers: Vec<Value>,
+    pub slots: HashMap<String, SlotStats>,
+    pub channel_open: bool,
+}
+
+pub struct Peer {
+    pub options: PeerOptions,
+    pub sessid: String,
+    pub pc: Arc<RTCPeerConnection>,
+    pub channel: Arc<RTCDataChannel>,
+    pub state: Arc<Mutex<PeerState>>,
+    publishing: Arc<AtomicBool>,
+    pub answer_sdp: String,
+}
+
+/// The SETUP body for `sdp`.
+pub fn setup_body(sessid: &str, userid: &str, sdp: &str) -> Value {
+    json!({
+        "version": "3.0", "type": "SETUP", "sessid": sessid, "resp": false,
+        "src_userid": userid, "src_clientid": format!("{userid}-client"),
+        "props": { "type": "offer", "sdp": sdp }
+    })
+}
+
+async fn new_peer_connection() -> Arc<RTCPeerConnection> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().unwrap();
+    for (uri, kind) in [
+        ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", RTPCodecType::Audio),
+        ("urn:ietf:params:rtp-hdrext:sdes:mid", RTPCodecType::Audio),
+        ("urn:ietf:params:rtp-hdrext:sdes:mid", RTPCodecType::Video),
+        ("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id", RTPCodecType::Video),
+    ] {
+        media.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, kind, None).unwrap();
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+    let mut settings = SettingEngine::default();
+    // Loopback only: no packet of a test may leave this machine.
+    settings.set_ip_filter(Box::new(|ip: IpAddr| ip.is_loopback()));
+    settings.set_include_loopback_candidate(true);
+    settings.set_network_types(vec![NetworkType::Udp4]);
+    let api = APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(settings).build();
+    Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.unwrap())
+}
+
+fn codec(mime: &str) -> RTCRtpCodecCapability {
+    let (clock_rate, channels) = if mime == MIME_TYPE_OPUS { (48_000, 2) } else { (90_000, 0) };
+    RTCRtpCodecCapability { mime_type: mime.into(), clock_rate, channels, ..Default::default() }
+}
+
+impl Peer {
+    /// Builds the offer, SETUPs at `sft` and waits for the data channel.
+    pub async fn join(sft: &TestSft, options: PeerOptions) -> Self {
+        let peer = Self::offer_only(options).await;
+        let offer = peer.pc.local_description().await.unwrap().sdp;
+        let response = reqwest::Client::new()
+            .post(sft.url(&format!("/sft/{}", peer.options.conf)))
+            .json(&setup_body(&peer.sessid, &peer.options.userid, &offer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "SETUP of {}: {}", peer.options.userid, response.text().await.unwrap());
+        let answer: Value = response.json().await.unwrap();
+        peer.accept_answer(answer["props"]["sdp"].as_str().unwrap().to_owned()).await
+    }
+
+    /// A peer with its offer made (gathering complete), not yet sent anywhere.
+    pub async fn offer_only(options: PeerOptions) -> Self {
+        let pc = new_peer_connection().await;
+        let state = Arc::new(Mutex::new(PeerState::default()));
+        let publishing = Arc::new(AtomicBool::new(true));
+        if options.audio {
+            let track = Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_OPUS), "audio".into(), options.userid.clone()));
+            let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
+            pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init)).await.unwrap();
+            tokio::spawn(publish_audio(track, options.marker, options.audio_level, publishing.clone()));
+        }
+        match options.video {
+            Video::None => {}
+            Video::Single => {
+                let track = Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_VP8), "video".into(), options.userid.clone()));
+                let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
+                let transceiver = pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init)).await.unwrap();
+                tokio::spawn(publish_video(vec![(track, "single")], transceiver.sender().await, publishing.clone()));
+            }
+            Video::Simulcast => {
+                let tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)> = ["l", "m", "h"]
+                    .into_iter()
+                    .map(|rid| {
+                        let track = TrackLocalStaticSample::new_with_rid(codec(MIME_TYPE_VP8), "video".into(), rid.into(), options.userid.clone());
+                        (Arc::new(track), rid)
+                    })
+                    .collect();
+                let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
+                let transceiver = pc.add_transceiver_from_track(tracks[0].0.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init)).await.unwrap();
+                let sender = transceiver.sender().await;
+                for (track, _) in &tracks[1..] {
+                    sender.add_encoding(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.unwrap();
+                }
+                tokio::spawn(publish_video(tracks, sender, publishing.clone()));
+            }
+        }
+        for (kind, count) in [(RTPCodecType::Audio, options.audio_slots), (RTPCodecType::Video, options.video_slots)] {
+            for _ in 0..count {
+                let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] };
+                pc.add_transceiver_from_kind(kind, Some(init)).await.unwrap();
+            }
+        }
+        let reader_state = state.clone();
+        pc.on_track(Box::new(move |track, _receiver, transceiver| {
+            let state = reader_state.clone();
+            Box::pin(async move {
+                let mid = transceiver.mid().map(|m| m.to_string()).unwrap_or_default();
+                tokio::spawn(async move {
+                    while let Ok((packet, _)) = track.read_rtp().await {
+                        record_packet(&state, &mid, &packet);
+                    }
+                });
+            })
+        }));
+        let channel = pc.create_data_channel("sft", None).await.unwrap();
+        let open_state = state.clone();
+        channel.on_open(Box::new(move || {
+            open_state.lock().unwrap().channel_open = true;
+            Box::pin(async {})
+        }));
+        let message_state = state.clone();
+        channel.on_message(Box::new(move |message: DataChannelMessage| {
+            if let Ok(value) = serde_json::from_slice::<Value>(&message.data) {
+                let mut state = message_state.lock().unwrap();
+                match value["type"].as_str() {
+                    Some("CONFPART") => state.confparts.push(value),
+                    Some("SPEAKERS") => state.speakers.push(value),
+                    _ => {}
+                }
+            }
+            Box::pin(async {})
+        }));
+        let offer = pc.create_offer(None).await.unwrap();
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer).await.unwrap();
+        let _ = gathered.recv().await;
+        let sessid = format!("{}-{}", options.userid, rand_suffix() % 100_000);
+        Self { options, sessid, pc, channel, state, publishing, answer_sdp: String::new() }
+    }
+
+    pub async fn accept_answer(mut self, sdp: String) -> Self {
+        self.pc.set_remote_description(RTCSessionDescription::answer(sdp.clone()).unwrap()).await.unwrap();
+        self.answer_sdp = sdp;
+        let state = self.state.clone();
+        wait_for(&format!("{}'s data channel to open", self.options.userid), || state.lock().unwrap().channel_open).await;
+        self
+    }
+
+    pub fn confpart(&self) -> Option<Value> {
+        self.state.lock().unwrap().confparts.last().cloned()
+    }
+
+    /// The userids in the newest CONFPART, sorted.
+    pub fn participants(&self) -> Vec<String> {
+        let Some(confpart) = self.confpart() else { return Vec::new() };
+        let mut users: Vec<String> =
+            confpart["participants"].as_array().unwrap().iter().map(|p| p["userid"].as_str().unwrap().to_owned()).collect();
+        users.sort();
+        users
+    }
+
+    /// `(userid, layer)` per video slot in the newest CONFPART, sorted.
+    pub fn video_slots(&self) -> Vec<(String, String)> {
+        let Some(confpart) = self.confpart() else { return Vec::new() };
+        let mut slots: Vec<(String, String)> = confpart["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "video")
+            .map(|s| (s["userid"].as_str().unwrap().to_owned(), s["layer"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        slots.sort();
+        slots
+    }
+
+    /// The mid of the video slot CONFPART says carries `userid`.
+    pub fn slot_mid_of(&self, userid: &str, kind: &str) -> Option<String> {
+        let confpart = self.confpart()?;
+        confpart["slots"].as_array()?.iter().find(|s| s["userid"] == userid && s["kind"] == kind).map(|s| s["mid"].as_str().unwrap().to_owned())
+    }
+
+    pub fn slot_stats(&self, mid: &str) -> SlotStats {
+        self.state.lock().unwrap().slots.get(mid).cloned().unwrap_or_default()
+    }
+
+    pub fn all_slot_stats(&self) -> HashMap<String, SlotStats> {
+        self.state.lock().unwrap().slots.clone()
+    }
+
+    pub async fn send(&self, message: Value) {
+        self.channel.send_text(message.to_string()).await.unwrap();
+    }
+
+    /// Stops publishing (as a client that went silent would).
+    pub fn stop_publishing(&self) {
+        self.publishing.store(false, Ordering::SeqCst);
+    }
+
+    pub async fn close(&self) {
+        self.stop_publishing();
+        let _ = self.pc.close().await;
+    }
+}
+
+fn record_packet(state: &Mutex<PeerState>, mid: &str, packet: &webrtc::rtp::packet::Packet) {
+    let mut state = state.lock().unwrap();
+    let slot = state.slots.entry(mid.to_owned()).or_default();
+    slot.packets += 1;
+    slot.ssrcs.insert(packet.header.ssrc);
+    let seq = packet.header.sequence_number;
+    if let Some(last) = slot.last_seq {
+        if seq != last.wrapping_add(1) {
+            slot.seq_jumps += 1;
+            slot.jumps.push((last, seq));
+        }
+    }
+    slot.last_seq = Some(seq);
+    if let Some(width) = ivf::keyframe_width(&packet.payload) {
+        slot.keyframe_widths.push(width);
+    }
+    if packet.payload.len() >= 2 && packet.payload[0] == OPUS_TOC {
+        slot.markers.push(packet.payload[1]);
+
+    }
+}
+
+/// Opus TOC byte: config 31 (CELT fullband 20 ms), mono, one frame. Any
+/// bytes after it decode (to noise), so the marker keeps the packet valid.
+const OPUS_TOC: u8 = 0xf8;
+
+async fn publish_audio(track: Arc<TrackLocalStaticSample>, marker: u8, level: u8, publishing: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut counter: u8 = 0;
+    while publishing.load(Ordering::SeqCst) {
+        tick.tick().await;
+        counter = counter.wrapping_add(1);
+        let sample = Sample { data: vec![OPUS_TOC, marker, counter, 0, 0, 0, 0, 0].into(), duration: Duration::from_millis(20), ..Default::default() };
+        let level = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: true });
+        if track.write_sample_with_extensions(&sample, &[level]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Plays each layer's IVF file in a loop at 15 fps; a PLI restarts every
+/// layer at its keyframe.
+async fn publish_video(tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)>, sender: Arc<RTCRtpSender>, publishing: Arc<AtomicBool>) {
+    let files: Vec<Vec<Vec<u8>>> = tracks.iter().map(|(_, name)| ivf::layer_file(name)).collect();
+    let keyframe_wanted = Arc::new(AtomicBool::new(false));
+    let wanted = keyframe_wanted.clone();
+    tokio::spawn(async move {
+        while let Ok((packets, _)) = sender.read_rtcp().await {
+            if packets.iter().any(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()) {
+                wanted.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(66));
+    let mut frame = 0;
+    while publishing.load(Ordering::SeqCst) {
+        tick.tick().await;
+        if keyframe_wanted.swap(false, Ordering::SeqCst) {
+            frame = 0;
+        }
+        for ((track, _), file) in tracks.iter().zip(&files) {
+            let sample = Sample { data: file[frame % file.len()].clone().into(), duration: Duration::from_millis(66), ..Default::default() };
+            if track.write_sample(&sample).await.is_err() {
+                return;
+            }
+        }
+        frame = (frame + 1) % files[0].len();
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after [`TIMEOUT`].
+pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Peer {
+    /// Joins with all of the peer's media going through a [`proxy::UdpProxy`]
+    /// the test can cut.
+    pub async fn join_via_proxy(sft: &TestSft, options: PeerOptions) -> (Self, proxy::UdpProxy) {
+        let proxy = proxy::UdpProxy::start(sft.server.media_addr).await;
+        let peer = Self::offer_only(options).await;
+        let offer = peer.pc.local_description().await.unwrap().sdp;
+        let response = reqwest::Client::new()
+            .post(sft.url(&format!("/sft/{}", peer.options.conf)))
+            .json(&setup_body(&peer.sessid, &peer.options.userid, &offer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        let sdp = answer["props"]["sdp"].as_str().unwrap();
+        let real = format!("{} {}", sft.server.media_addr.ip(), sft.server.media_addr.port());
+        let proxied = format!("{} {}", proxy.addr.ip(), proxy.addr.port());
+        assert!(sdp.contains(&real), "answer names the media address: {sdp}");
+        (peer.accept_answer(sdp.replace(&real, &proxied)).await, proxy)
+    }
+}

@@ -1,0 +1,174 @@
+//! Single-SFT conferences with real WebRTC peers (webrtc-rs) on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_for, Peer, PeerOptions, TestSft, Video};
+use serde_json::json;
+
+fn names(peers: &[&Peer]) -> Vec<String> {
+    let mut names: Vec<String> = peers.iter().map(|p| p.options.userid.clone()).collect();
+    names.sort();
+    names
+}
+
+/// Waits until every peer's CONFPART lists exactly `expected` and its video
+/// slots carry all the others.
+async fn wait_for_full_mesh(peers: &[&Peer]) {
+    let expected = names(peers);
+    for peer in peers {
+        let others = peers.len() - 1;
+        wait_for(&format!("{} to see everyone in CONFPART and its slots", peer.options.userid), || {
+            peer.participants() == expected && peer.video_slots().len() == others
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_peers_receive_each_other_and_leave_three_ways() {
+    let sft = TestSft::start("[media]\nidle_timeout = 2\n").await;
+    let a = Peer::join(&sft, PeerOptions::new("room", "alice", 1)).await;
+    let b = Peer::join(&sft, PeerOptions::new("room", "bob", 2)).await;
+    let c = Peer::join(&sft, PeerOptions::new("room", "carol", 3)).await;
+    let d = Peer::join_via_proxy(&sft, PeerOptions::new("room", "dave", 4)).await;
+    let everyone = [&a, &b, &c, &d.0];
+    wait_for_full_mesh(&everyone).await;
+
+    // Every slot fills with real media from the peer CONFPART names.
+    for peer in everyone {
+        for other in everyone.iter().filter(|o| o.options.userid != peer.options.userid) {
+            let video_mid = peer.slot_mid_of(&other.options.userid, "video").expect("video slot for each other peer");
+            let audio_mid = peer.slot_mid_of(&other.options.userid, "audio").expect("audio slot for each other peer");
+            wait_for(&format!("{} to get video and audio of {}", peer.options.userid, other.options.userid), || {
+                let video = peer.slot_stats(&video_mid);
+                let audio = peer.slot_stats(&audio_mid);
+                video.packets > 20 && !video.keyframe_widths.is_empty() && audio.markers.iter().filter(|m| **m == other.options.marker).count() > 10
+            })
+            .await;
+        }
+    }
+    for peer in everyone {
+        for (mid, stats) in peer.all_slot_stats() {
+            assert_eq!(stats.ssrcs.len(), 1, "{} slot {mid}: one SSRC per slot", peer.options.userid);
+            assert_eq!(stats.seq_jumps, 0, "{} slot {mid}: continuous sequence numbers {:?}", peer.options.userid, stats.jumps);
+            assert!(!stats.markers.contains(&peer.options.marker), "{} got its own audio", peer.options.userid);
+            // Without REQSTREAMS every slot gets the best layer.
+            assert!(stats.keyframe_widths.iter().all(|w| *w == common::ivf::width_of("h")), "{mid}: {:?}", stats.keyframe_widths);
+        }
+    }
+    assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 4.0);
+    assert_eq!(sft.metric("sft_conferences").await, 1.0);
+    let forwarded = sft.metric("sft_rtp_packets_forwarded_total").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sft.metric("sft_rtp_packets_forwarded_total").await > forwarded, "forwarding counter grows");
+
+    // HANGUP on the data channel.
+    a.send(json!({"type": "HANGUP"})).await;
+    a.stop_publishing();
+    for peer in [&b, &c, &d.0] {
+        wait_for("alice to leave everyone's CONFPART", || !peer.participants().contains(&"alice".to_string())).await;
+    }
+    // DELETE over signalling; a second DELETE is 404.
+    let http = reqwest::Client::new();
+    let url = sft.url(&format!("/sft/room/{}", b.sessid));
+    assert_eq!(http.delete(&url).send().await.unwrap().status(), 204);
+    assert_eq!(http.delete(&url).send().await.unwrap().status(), 404);
+    b.stop_publishing();
+    for peer in [&c, &d.0] {
+        wait_for("bob to leave everyone's CONFPART", || !peer.participants().contains(&"bob".to_string())).await;
+    }
+    // Dave vanishes: his packets stop without a goodbye; the idle timeout ends him.
+    d.1.cut();
+    wait_for("dave to time out of carol's CONFPART", || c.participants() == vec!["carol".to_string()]).await;
+    assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reqstreams_picks_layers_and_switches_continuously() {
+    let sft = TestSft::start("").await;
+    let viewer = Peer::join(&sft, PeerOptions { video: Video::None, audio: false, video_slots: 2, ..PeerOptions::new("layers", "viewer", 1) }).await;
+    let b = Peer::join(&sft, PeerOptions { video_slots: 0, audio_slots: 0, ..PeerOptions::new("layers", "bob", 2) }).await;
+    let c = Peer::join(&sft, PeerOptions { video_slots: 0, audio_slots: 0, ..PeerOptions::new("layers", "carol", 3) }).await;
+    let request = |streams: serde_json::Value| json!({"type": "REQSTREAMS", "streams": streams});
+    viewer
+        .send(request(json!([
+            {"userid": "bob", "clientid": "bob-client", "domain": "localhost", "quality": "low"},
+            {"userid": "carol", "clientid": "carol-client", "domain": "localhost", "quality": "high"},
+        ])))
+        .await;
+    wait_for("bob/l and carol/h in the viewer's slots", || {
+        viewer.video_slots() == vec![("bob".into(), "l".into()), ("carol".into(), "h".into())]
+    })
+    .await;
+    let bob_mid = viewer.slot_mid_of("bob", "video").unwrap();
+    let carol_mid = viewer.slot_mid_of("carol", "video").unwrap();
+    wait_for("media in both slots", || viewer.slot_stats(&bob_mid).packets > 20 && viewer.slot_stats(&carol_mid).packets > 20).await;
+    assert!(viewer.slot_stats(&bob_mid).keyframe_widths.iter().all(|w| *w == common::ivf::width_of("l")));
+    assert!(viewer.slot_stats(&carol_mid).keyframe_widths.iter().all(|w| *w == common::ivf::width_of("h")));
+
+    // Swap: slot one now carol/m, slot two bob/h. Sequence numbers stay continuous.
+    viewer
+        .send(request(json!([
+            {"userid": "carol", "clientid": "carol-client", "quality": "medium"},
+            {"userid": "bob", "clientid": "bob-client", "quality": "high"},
+        ])))
+        .await;
+    wait_for("carol/m and bob/h", || viewer.video_slots() == vec![("bob".into(), "h".into()), ("carol".into(), "m".into())]).await;
+    let before = (viewer.slot_stats(&bob_mid).packets, viewer.slot_stats(&carol_mid).packets);
+    wait_for("media after the switch", || {
+        viewer.slot_stats(&bob_mid).packets > before.0 + 20 && viewer.slot_stats(&carol_mid).packets > before.1 + 20
+    })
+    .await;
+    for mid in [&bob_mid, &carol_mid] {
+        let stats = viewer.slot_stats(mid);
+        assert_eq!(stats.seq_jumps, 0, "slot {mid} continuous across the switch: {:?}", stats.jumps);
+        assert_eq!(stats.ssrcs.len(), 1, "slot {mid} keeps its SSRC");
+    }
+    // The first slot (was bob/l) now shows carol/m keyframes, the second (was carol/h) bob/h.
+    assert_eq!(viewer.slot_stats(&bob_mid).keyframe_widths.last(), Some(&common::ivf::width_of("m")));
+    assert_eq!(viewer.slot_stats(&carol_mid).keyframe_widths.last(), Some(&common::ivf::width_of("h")));
+
+    // `off` empties the slot.
+    viewer.send(request(json!([{"userid": "carol", "clientid": "carol-client", "quality": "off"}]))).await;
+    wait_for("empty slots", || viewer.video_slots().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frozen: Vec<u64> = [&bob_mid, &carol_mid].iter().map(|m| viewer.slot_stats(m).packets).collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after: Vec<u64> = [&bob_mid, &carol_mid].iter().map(|m| viewer.slot_stats(m).packets).collect();
+    assert_eq!(frozen, after, "no media flows into emptied slots");
+    drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_conferences_never_leak() {
+    let sft = TestSft::start("").await;
+    let a1 = Peer::join(&sft, PeerOptions::new("one", "a1", 11)).await;
+    let a2 = Peer::join(&sft, PeerOptions::new("one", "a2", 12)).await;
+    let b1 = Peer::join(&sft, PeerOptions { video: Video::Single, ..PeerOptions::new("two", "b1", 21) }).await;
+    let b2 = Peer::join(&sft, PeerOptions { video: Video::Single, ..PeerOptions::new("two", "b2", 22) }).await;
+    wait_for_full_mesh(&[&a1, &a2]).await;
+    wait_for_full_mesh(&[&b1, &b2]).await;
+    for (peer, other) in [(&a1, &a2), (&a2, &a1), (&b1, &b2), (&b2, &b1)] {
+        let mid = peer.slot_mid_of(&other.options.userid, "audio").unwrap();
+        wait_for("audio", || peer.slot_stats(&mid).markers.len() > 20).await;
+        let vmid = peer.slot_mid_of(&other.options.userid, "video").unwrap();
+        wait_for("video", || !peer.slot_stats(&vmid).keyframe_widths.is_empty()).await;
+    }
+    let conf_one = [11u8, 12];
+    let conf_two = [21u8, 22];
+    for (peer, allowed, widths) in [
+        (&a1, conf_one, vec![common::ivf::width_of("h")]),
+        (&a2, conf_one, vec![common::ivf::width_of("h")]),
+        (&b1, conf_two, vec![common::ivf::width_of("single")]),
+        (&b2, conf_two, vec![common::ivf::width_of("single")]),
+    ] {
+        assert_eq!(peer.participants().len(), 2);
+        for (mid, stats) in peer.all_slot_stats() {
+            assert!(stats.markers.iter().all(|m| allowed.contains(m)), "{} slot {mid} audio from another conference", peer.options.userid);
+            assert!(stats.keyframe_widths.iter().all(|w| widths.contains(w)), "{} slot {mid} video from another conference", peer.options.userid);
+        }
+    }
+    assert_eq!(sft.metric("sft_conferences").await, 2.0);
+}
