@@ -1,0 +1,130 @@
+//! The `sft` binary as an operator runs it: config errors, health, drain.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{setup_body, Peer, PeerOptions};
+use serde_json::Value;
+
+const SFT: &str = env!("CARGO_BIN_EXE_sft");
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Running {
+    child: Child,
+    signalling: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on free loopback ports and waits for its first line.
+fn spawn_sft() -> Running {
+    let signalling: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let mut child = Command::new(SFT)
+        .env("SFT_SIGNALLING__LISTEN", format!("\"{signalling}\""))
+        .env("SFT_METRICS__LISTEN", format!("\"{metrics}\""))
+        .env("SFT_MEDIA__LISTEN", format!("\"127.0.0.1:{}\"", free_udp_port()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    assert_eq!(first_line.trim(), format!("sft: demo page at http://{signalling}/"));
+    Running { child, signalling, metrics }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn invalid_config_exits_2_with_one_line_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("sft-bad-config-{}", std::process::id()));
+    std::fs::write(&dir, "[media]\nlisten = \"not an address\"\n").unwrap();
+    let output = Command::new(SFT).arg("--config").arg(&dir).output().unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("media.listen"), "{stderr}");
+
+    let output = Command::new(SFT).env("SFT_MEDIA__IDLE_TIMEOUT", "-3").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8(output.stderr).unwrap().contains("media.idle_timeout"));
+
+    let output = Command::new(SFT).env("SFT_NOSUCHKEY", "1").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8(output.stderr).unwrap().contains("nosuchkey"));
+}
+
+#[test]
+fn sigterm_without_calls_exits_0() {
+    let mut sft = spawn_sft();
+    let health = reqwest::blocking::get(format!("http://{}/healthz", sft.metrics)).unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(reqwest::blocking::get(format!("http://{}/readyz", sft.metrics)).unwrap().status(), 200);
+    let page = reqwest::blocking::get(format!("http://{}/", sft.signalling)).unwrap();
+    assert!(page.text().unwrap().contains("<title>sft"));
+    terminate(&sft.child);
+    assert_eq!(wait_exit(&mut sft.child, Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_refuses_new_sessions_and_exits_when_the_last_call_ends() {
+    let mut sft = spawn_sft();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", sft.signalling);
+    let peer = Peer::offer_only(PeerOptions::new("drained", "alice", 1)).await;
+    let offer = peer.pc.local_description().await.unwrap().sdp;
+    let joined = http.post(format!("{base}/sft/drained")).json(&setup_body(&peer.sessid, "alice", &offer)).send().await.unwrap();
+    assert_eq!(joined.status(), 200);
+
+    let drain = http.post(format!("http://{}/admin/drain", sft.metrics)).send().await.unwrap();
+    assert!(drain.status().is_success());
+    assert_eq!(http.get(format!("http://{}/readyz", sft.metrics)).send().await.unwrap().status(), 503);
+    let late = Peer::offer_only(PeerOptions::new("drained", "bob", 2)).await;
+    let late_offer = late.pc.local_description().await.unwrap().sdp;
+    let refused = http.post(format!("{base}/sft/drained")).json(&setup_body(&late.sessid, "bob", &late_offer)).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+
+    // The existing call keeps the process alive until it ends.
+    terminate(&sft.child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sft.child.try_wait().unwrap().is_none(), "still serving the running call");
+    let left = http.delete(format!("{base}/sft/drained/{}", peer.sessid)).send().await.unwrap();
+    assert_eq!(left.status(), 204);
+    assert_eq!(wait_exit(&mut sft.child, Duration::from_secs(10)), Some(0));
+}
