@@ -111,10 +111,14 @@ impl Config {
     /// Loads the file (or the embedded default), applies the environment
     /// overrides from `env`, and checks the result.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = DEFAULT_TOML.parse().map_err(|e| ConfigError::Parse(format!("embedded default: {e}")))?;
+        let mut table: toml::Table =
+            DEFAULT_TOML.parse().map_err(|e| ConfigError::Parse(format!("embedded default: {e}")))?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-            let overlay: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(format!("{}: {}", path.display(), e.message())))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let overlay: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse(format!("{}: {}", path.display(), e.message())))?;
             merge(&mut table, overlay);
         }
         for (name, value) in env {
@@ -136,7 +140,9 @@ impl Config {
 fn merge(base: &mut toml::Table, overlay: toml::Table) {
     for (key, value) in overlay {
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => merge(base_table, overlay_table),
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
             (_, value) => {
                 base.insert(key, value);
             }
@@ -181,7 +187,10 @@ impl RawConfig {
         let media_listen = socket_addr("media.listen", &self.media.listen)?;
         let public_addr = match &self.media.public_ip {
             Some(ip) => {
-                let ip: IpAddr = ip.parse().map_err(|_| ConfigError::Invalid { key: "media.public_ip", why: format!("{ip:?} is not an IP address") })?;
+                let ip: IpAddr = ip.parse().map_err(|_| ConfigError::Invalid {
+                    key: "media.public_ip",
+                    why: format!("{ip:?} is not an IP address"),
+                })?;
                 SocketAddr::new(ip, media_listen.port())
             }
             None if media_listen.ip().is_unspecified() => {
@@ -193,10 +202,17 @@ impl RawConfig {
             None => media_listen,
         };
         if media_listen.port() == 0 && self.media.public_ip.is_some() {
-            return Err(ConfigError::Invalid { key: "media.listen", why: "port 0 cannot be combined with media.public_ip".into() });
+            return Err(ConfigError::Invalid {
+                key: "media.listen",
+                why: "port 0 cannot be combined with media.public_ip".into(),
+            });
         }
-        if !(self.media.idle_timeout.is_finite() && self.media.idle_timeout > 0.0 && self.media.idle_timeout <= 3600.0) {
-            return Err(ConfigError::Invalid { key: "media.idle_timeout", why: "must be between 0 and 3600 seconds".into() });
+        if !(self.media.idle_timeout.is_finite() && self.media.idle_timeout > 0.0 && self.media.idle_timeout <= 3600.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "media.idle_timeout",
+                why: "must be between 0 and 3600 seconds".into(),
+            });
         }
         let allow_origin = if self.signalling.allow_origin.iter().any(|o| o == "*") {
             None
@@ -204,19 +220,35 @@ impl RawConfig {
             Some(self.signalling.allow_origin)
         };
         if self.signalling.auth_secret.as_deref() == Some("") {
-            return Err(ConfigError::Invalid { key: "signalling.auth_secret", why: "must not be empty (leave it out to turn auth off)".into() });
+            return Err(ConfigError::Invalid {
+                key: "signalling.auth_secret",
+                why: "must not be empty (leave it out to turn auth off)".into(),
+            });
         }
         let tls = match (self.signalling.tls_cert, self.signalling.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
-            (Some(_), None) => return Err(ConfigError::Invalid { key: "signalling.tls_key", why: "needed with signalling.tls_cert".into() }),
-            (None, Some(_)) => return Err(ConfigError::Invalid { key: "signalling.tls_cert", why: "needed with signalling.tls_key".into() }),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "signalling.tls_key",
+                    why: "needed with signalling.tls_cert".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "signalling.tls_cert",
+                    why: "needed with signalling.tls_key".into(),
+                })
+            }
         };
         if self.limits.max_participants == 0 || self.limits.max_conference_size == 0 {
             return Err(ConfigError::Invalid { key: "limits", why: "limits must be at least 1".into() });
         }
         if self.federation.enabled {
-            return Err(ConfigError::Invalid { key: "federation.enabled", why: "federation is not available in this build yet".into() });
+            return Err(ConfigError::Invalid {
+                key: "federation.enabled",
+                why: "federation is not available in this build yet".into(),
+            });
         }
         Ok(Config {
             domain: self.domain,
@@ -227,7 +259,11 @@ impl RawConfig {
                 auth_secret: self.signalling.auth_secret,
                 tls,
             },
-            media: MediaConfig { listen: media_listen, public_addr, idle_timeout: Duration::from_secs_f64(self.media.idle_timeout) },
+            media: MediaConfig {
+                listen: media_listen,
+                public_addr,
+                idle_timeout: Duration::from_secs_f64(self.media.idle_timeout),
+            },
             limits: self.limits,
             metrics_listen: socket_addr("metrics.listen", &self.metrics.listen)?,
             federation_enabled: self.federation.enabled,

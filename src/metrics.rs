@@ -1,7 +1,9 @@
 //! The Prometheus metrics of contract section 6, on a registry of their own
 //! so several servers can run in one process (tests) without mixing counts.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Why a SETUP was turned away; the `reason` label of `sft_sessions_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +55,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [Self::Malformed, Self::UnknownSource, Self::Rejected, Self::BadMessage, Self::NoCodec];
+    pub const ALL: [DropReason; 5] =
+        [Self::Malformed, Self::UnknownSource, Self::Rejected, Self::BadMessage, Self::NoCodec];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -87,22 +90,52 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let conferences = IntGauge::new("sft_conferences", "Conferences with at least one participant on this SFT").expect("valid metric");
-        let participants = IntGaugeVec::new(Opts::new("sft_participants", "Participants in conferences on this SFT"), &["role"]).expect("valid metric");
-        let rtp_packets_forwarded = IntCounter::new("sft_rtp_packets_forwarded_total", "RTP packets sent into receive slots").expect("valid metric");
-        let rtp_bytes_forwarded = IntCounter::new("sft_rtp_bytes_forwarded_total", "RTP payload bytes sent into receive slots").expect("valid metric");
+        let conferences = IntGauge::new("sft_conferences", "Conferences with at least one participant on this SFT")
+            .expect("valid metric");
+        let participants =
+            IntGaugeVec::new(Opts::new("sft_participants", "Participants in conferences on this SFT"), &["role"])
+                .expect("valid metric");
+        let rtp_packets_forwarded =
+            IntCounter::new("sft_rtp_packets_forwarded_total", "RTP packets sent into receive slots")
+                .expect("valid metric");
+        let rtp_bytes_forwarded =
+            IntCounter::new("sft_rtp_bytes_forwarded_total", "RTP payload bytes sent into receive slots")
+                .expect("valid metric");
         let join_duration = Histogram::with_opts(
             HistogramOpts::new("sft_join_duration_seconds", "Time from SETUP received to answer sent")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         )
         .expect("valid metric");
-        let sessions_rejected = IntCounterVec::new(Opts::new("sft_sessions_rejected_total", "SETUP requests turned away, by error code"), &["reason"]).expect("valid metric");
-        let sessions_ended = IntCounterVec::new(Opts::new("sft_sessions_ended_total", "Sessions that ended, by cause"), &["cause"]).expect("valid metric");
-        let media_dropped = IntCounterVec::new(Opts::new("sft_media_dropped_total", "Datagrams and messages dropped at the media edge, by reason"), &["reason"]).expect("valid metric");
-        let draining = IntGauge::new("sft_draining", "1 while the SFT drains and takes no new sessions").expect("valid metric");
-        let federation_links = IntGaugeVec::new(Opts::new("sft_federation_links", "Federation links to peer SFTs, by state"), &["peer_domain", "state"]).expect("valid metric");
-        let federation_relay_bytes = IntCounterVec::new(Opts::new("sft_federation_relay_bytes_total", "Bytes on federation relay links"), &["peer_domain", "direction"]).expect("valid metric");
-        let federation_rejected = IntCounterVec::new(Opts::new("sft_federation_rejected_total", "Federation requests rejected, by reason"), &["reason"]).expect("valid metric");
+        let sessions_rejected = IntCounterVec::new(
+            Opts::new("sft_sessions_rejected_total", "SETUP requests turned away, by error code"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let sessions_ended =
+            IntCounterVec::new(Opts::new("sft_sessions_ended_total", "Sessions that ended, by cause"), &["cause"])
+                .expect("valid metric");
+        let media_dropped = IntCounterVec::new(
+            Opts::new("sft_media_dropped_total", "Datagrams and messages dropped at the media edge, by reason"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let draining =
+            IntGauge::new("sft_draining", "1 while the SFT drains and takes no new sessions").expect("valid metric");
+        let federation_links = IntGaugeVec::new(
+            Opts::new("sft_federation_links", "Federation links to peer SFTs, by state"),
+            &["peer_domain", "state"],
+        )
+        .expect("valid metric");
+        let federation_relay_bytes = IntCounterVec::new(
+            Opts::new("sft_federation_relay_bytes_total", "Bytes on federation relay links"),
+            &["peer_domain", "direction"],
+        )
+        .expect("valid metric");
+        let federation_rejected = IntCounterVec::new(
+            Opts::new("sft_federation_rejected_total", "Federation requests rejected, by reason"),
+            &["reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(conferences.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(participants.clone()),

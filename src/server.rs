@@ -1,5 +1,6 @@
 //! Starts the whole SFT from a checked [`Config`]: media edge, signalling,
 //! metrics. Used by `main` and, in-process, by the tests.
+#![allow(clippy::disallowed_methods)] // the shell reads the clock to bound the drain
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,8 +37,11 @@ impl Server {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let drain = Arc::new(Drain::default());
-        let (edge, media_addr) = edge::start(config, metrics.clone())
-            .map_err(|source| StartError::Bind { what: "media (UDP)", addr: config.media.listen, source })?;
+        let (edge, media_addr) = edge::start(config, metrics.clone()).map_err(|source| StartError::Bind {
+            what: "media (UDP)",
+            addr: config.media.listen,
+            source,
+        })?;
 
         let signalling_listener = bind("signalling", config.signalling.listen).await?;
         let signalling_addr = signalling_listener.local_addr().expect("bound socket has an address");

@@ -1,5 +1,6 @@
 //! Hostile and broken input gets the contract's error, or is dropped and
 //! counted, and never disturbs a call that is running.
+#![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
 mod common;
 
@@ -22,7 +23,10 @@ fn unix_now() -> u64 {
 
 /// Sends `body` as a SETUP and checks status and error code.
 async fn expect_error(sft: &TestSft, conf: &str, body: reqwest::Body, auth: Option<&str>, status: u16, code: &str) {
-    let mut request = reqwest::Client::new().post(sft.url(&format!("/sft/{conf}"))).header("content-type", "application/json").body(body);
+    let mut request = reqwest::Client::new()
+        .post(sft.url(&format!("/sft/{conf}")))
+        .header("content-type", "application/json")
+        .body(body);
     if let Some(auth) = auth {
         request = request.header("authorization", auth);
     }
@@ -58,7 +62,8 @@ async fn bad_signalling_and_garbage_datagrams_leave_the_call_untouched() {
     let alice_audio = alice.slot_mid_of("bob", "audio").unwrap();
     wait_for("media flowing", || alice.slot_stats(&alice_audio).packets > 10).await;
 
-    let valid_offer = Peer::offer_only(PeerOptions::new("calm", "mallory", 9)).await.pc.local_description().await.unwrap().sdp;
+    let valid_offer =
+        Peer::offer_only(PeerOptions::new("calm", "mallory", 9)).await.pc.local_description().await.unwrap().sdp;
     let good_auth = token("calm", "mallory", unix_now() + 600);
     let body = |sdp: &str| setup_body("mallory-1", "mallory", sdp).to_string();
 
@@ -72,14 +77,40 @@ async fn bad_signalling_and_garbage_datagrams_leave_the_call_untouched() {
     expect_error(&sft, "calm", vec![b' '; 64 * 1024 + 1].into(), Some(&good_auth), 413, "too-large").await;
     expect_error(&sft, "calm", body("v=0\r\nthis is not sdp").into(), Some(&good_auth), 400, "bad-request").await;
     expect_error(&sft, "calm", body("\u{0}\u{1}garbage").into(), Some(&good_auth), 400, "bad-request").await;
-    let unbundled: String = valid_offer.lines().filter(|l| !l.starts_with("a=group:BUNDLE")).map(|l| format!("{l}\r\n")).collect();
+    let unbundled: String =
+        valid_offer.lines().filter(|l| !l.starts_with("a=group:BUNDLE")).map(|l| format!("{l}\r\n")).collect();
     expect_error(&sft, "calm", body(&unbundled).into(), Some(&good_auth), 400, "bad-request").await;
     let duplicate = setup_body(&alice.sessid, "alice", &valid_offer).to_string();
-    expect_error(&sft, "calm", duplicate.into(), Some(&token("calm", "alice", unix_now() + 600)), 409, "session-exists").await;
+    expect_error(
+        &sft,
+        "calm",
+        duplicate.into(),
+        Some(&token("calm", "alice", unix_now() + 600)),
+        409,
+        "session-exists",
+    )
+    .await;
     expect_error(&sft, "calm", body(&valid_offer).into(), None, 401, "unauthorized").await;
-    expect_error(&sft, "calm", body(&valid_offer).into(), Some(&token("calm", "mallory", unix_now() - 1)), 401, "unauthorized").await;
-    expect_error(&sft, "calm", body(&valid_offer).into(), Some(&token("other-conf", "mallory", unix_now() + 600)), 401, "unauthorized").await;
-    expect_error(&sft, "calm", body(&valid_offer).into(), Some("Bearer 99999999999.deadbeef"), 401, "unauthorized").await;
+    expect_error(
+        &sft,
+        "calm",
+        body(&valid_offer).into(),
+        Some(&token("calm", "mallory", unix_now() - 1)),
+        401,
+        "unauthorized",
+    )
+    .await;
+    expect_error(
+        &sft,
+        "calm",
+        body(&valid_offer).into(),
+        Some(&token("other-conf", "mallory", unix_now() + 600)),
+        401,
+        "unauthorized",
+    )
+    .await;
+    expect_error(&sft, "calm", body(&valid_offer).into(), Some("Bearer 99999999999.deadbeef"), 401, "unauthorized")
+        .await;
     let foreign = json!({"version": "3.0", "type": "SETUP", "sessid": "m2", "src_userid": "mallory", "src_clientid": "c",
         "props": {"type": "offer", "sdp": valid_offer}, "anchor": {"domain": "elsewhere.example", "url": "https://x"}});
     expect_error(&sft, "calm", foreign.to_string().into(), Some(&good_auth), 403, "federation-denied").await;
@@ -107,9 +138,11 @@ async fn bad_signalling_and_garbage_datagrams_leave_the_call_untouched() {
     stun.extend_from_slice(&[7u8; 12]);
     socket.send_to(&stun, media).await.unwrap();
 
-    let before = (alice.slot_stats(&alice_audio).packets, bob.slot_stats(&bob.slot_mid_of("alice", "audio").unwrap()).packets);
+    let before =
+        (alice.slot_stats(&alice_audio).packets, bob.slot_stats(&bob.slot_mid_of("alice", "audio").unwrap()).packets);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = (alice.slot_stats(&alice_audio).packets, bob.slot_stats(&bob.slot_mid_of("alice", "audio").unwrap()).packets);
+    let after =
+        (alice.slot_stats(&alice_audio).packets, bob.slot_stats(&bob.slot_mid_of("alice", "audio").unwrap()).packets);
     assert!(after.0 > before.0 + 10 && after.1 > before.1 + 10, "the call goes on: {before:?} -> {after:?}");
     assert_eq!(alice.participants(), vec!["alice".to_string(), "bob".to_string()]);
     assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 2.0);
@@ -117,7 +150,8 @@ async fn bad_signalling_and_garbage_datagrams_leave_the_call_untouched() {
     assert!(sft.metric("sft_sessions_rejected_total{reason=\"unauthorized\"}").await >= 4.0);
     assert_eq!(sft.metric("sft_sessions_rejected_total{reason=\"too-large\"}").await, 1.0);
     assert_eq!(sft.metric("sft_sessions_rejected_total{reason=\"session-exists\"}").await, 1.0);
-    let dropped = sft.metric("sft_media_dropped_total{reason=\"malformed\"}").await + sft.metric("sft_media_dropped_total{reason=\"unknown-source\"}").await;
+    let dropped = sft.metric("sft_media_dropped_total{reason=\"malformed\"}").await
+        + sft.metric("sft_media_dropped_total{reason=\"unknown-source\"}").await;
     assert!(dropped >= 400.0, "garbage is counted: {dropped}");
 }
 
@@ -140,7 +174,8 @@ async fn cors_preflight_and_unknown_paths() {
     let denied = preflight("https://evil.example").await.unwrap();
     assert!(!denied.headers().contains_key("access-control-allow-origin"));
 
-    let response = http.post(sft.url("/sft/room")).header("origin", "https://app.example").body("{").send().await.unwrap();
+    let response =
+        http.post(sft.url("/sft/room")).header("origin", "https://app.example").body("{").send().await.unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(response.headers()["access-control-allow-origin"], "https://app.example");
 

@@ -1,4 +1,5 @@
 //! The `sft` binary as an operator runs it: config errors, health, drain.
+#![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
 mod common;
 
@@ -106,7 +107,8 @@ async fn drain_refuses_new_sessions_and_exits_when_the_last_call_ends() {
     let base = format!("http://{}", sft.signalling);
     let peer = Peer::offer_only(PeerOptions::new("drained", "alice", 1)).await;
     let offer = peer.pc.local_description().await.unwrap().sdp;
-    let joined = http.post(format!("{base}/sft/drained")).json(&setup_body(&peer.sessid, "alice", &offer)).send().await.unwrap();
+    let joined =
+        http.post(format!("{base}/sft/drained")).json(&setup_body(&peer.sessid, "alice", &offer)).send().await.unwrap();
     assert_eq!(joined.status(), 200);
 
     let drain = http.post(format!("http://{}/admin/drain", sft.metrics)).send().await.unwrap();
@@ -114,7 +116,12 @@ async fn drain_refuses_new_sessions_and_exits_when_the_last_call_ends() {
     assert_eq!(http.get(format!("http://{}/readyz", sft.metrics)).send().await.unwrap().status(), 503);
     let late = Peer::offer_only(PeerOptions::new("drained", "bob", 2)).await;
     let late_offer = late.pc.local_description().await.unwrap().sdp;
-    let refused = http.post(format!("{base}/sft/drained")).json(&setup_body(&late.sessid, "bob", &late_offer)).send().await.unwrap();
+    let refused = http
+        .post(format!("{base}/sft/drained"))
+        .json(&setup_body(&late.sessid, "bob", &late_offer))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.unwrap();

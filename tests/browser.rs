@@ -1,6 +1,7 @@
 //! Headless Chromium opens the demo page twice, joins one conference, and
 //! each page decodes the other's video. Runs inside a fresh network
 //! namespace that has only loopback, so no packet can leave the machine.
+#![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
 mod common;
 
@@ -17,8 +18,17 @@ const IN_NAMESPACE: &str = "SFT_TEST_IN_NETNS";
 fn run_in_fresh_namespace(test: &str) {
     let exe = std::env::current_exe().unwrap();
     let script = format!("ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1", exe.display());
-    let status = Command::new("unshare").args(["--net", "sh", "-c", &script]).env(IN_NAMESPACE, "1").status().expect("unshare runs");
+    let status = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .env(IN_NAMESPACE, "1")
+        .status()
+        .expect("unshare runs");
     assert!(status.success(), "{test} failed inside its network namespace");
+}
+
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 struct ChromeDriver {
@@ -136,7 +146,8 @@ async fn two_pages() {
         loop {
             let decoded = browser.run(frames).await.as_i64().unwrap_or(0);
             let tiles = browser.run(names).await;
-            let names_other = tiles.as_array().is_some_and(|t| t.iter().any(|n| n.as_str().unwrap_or("").starts_with(other)));
+            let names_other =
+                tiles.as_array().is_some_and(|t| t.iter().any(|n| n.as_str().unwrap_or("").starts_with(other)));
             if decoded > 10 && names_other {
                 break;
             }

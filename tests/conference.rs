@@ -44,7 +44,9 @@ async fn four_peers_receive_each_other_and_leave_three_ways() {
             wait_for(&format!("{} to get video and audio of {}", peer.options.userid, other.options.userid), || {
                 let video = peer.slot_stats(&video_mid);
                 let audio = peer.slot_stats(&audio_mid);
-                video.packets > 20 && !video.keyframe_widths.is_empty() && audio.markers.iter().filter(|m| **m == other.options.marker).count() > 10
+                video.packets > 20
+                    && !video.keyframe_widths.is_empty()
+                    && audio.markers.iter().filter(|m| **m == other.options.marker).count() > 10
             })
             .await;
         }
@@ -52,10 +54,18 @@ async fn four_peers_receive_each_other_and_leave_three_ways() {
     for peer in everyone {
         for (mid, stats) in peer.all_slot_stats() {
             assert_eq!(stats.ssrcs.len(), 1, "{} slot {mid}: one SSRC per slot", peer.options.userid);
-            assert_eq!(stats.seq_jumps, 0, "{} slot {mid}: continuous sequence numbers {:?}", peer.options.userid, stats.jumps);
+            assert_eq!(
+                stats.seq_jumps, 0,
+                "{} slot {mid}: continuous sequence numbers {:?}",
+                peer.options.userid, stats.jumps
+            );
             assert!(!stats.markers.contains(&peer.options.marker), "{} got its own audio", peer.options.userid);
             // Without REQSTREAMS every slot gets the best layer.
-            assert!(stats.keyframe_widths.iter().all(|w| *w == common::ivf::width_of("h")), "{mid}: {:?}", stats.keyframe_widths);
+            assert!(
+                stats.keyframe_widths.iter().all(|w| *w == common::ivf::width_of("h")),
+                "{mid}: {:?}",
+                stats.keyframe_widths
+            );
         }
     }
     assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 4.0);
@@ -88,9 +98,15 @@ async fn four_peers_receive_each_other_and_leave_three_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reqstreams_picks_layers_and_switches_continuously() {
     let sft = TestSft::start("").await;
-    let viewer = Peer::join(&sft, PeerOptions { video: Video::None, audio: false, video_slots: 2, ..PeerOptions::new("layers", "viewer", 1) }).await;
-    let b = Peer::join(&sft, PeerOptions { video_slots: 0, audio_slots: 0, ..PeerOptions::new("layers", "bob", 2) }).await;
-    let c = Peer::join(&sft, PeerOptions { video_slots: 0, audio_slots: 0, ..PeerOptions::new("layers", "carol", 3) }).await;
+    let viewer = Peer::join(
+        &sft,
+        PeerOptions { video: Video::None, audio: false, video_slots: 2, ..PeerOptions::new("layers", "viewer", 1) },
+    )
+    .await;
+    let b =
+        Peer::join(&sft, PeerOptions { video_slots: 0, audio_slots: 0, ..PeerOptions::new("layers", "bob", 2) }).await;
+    let c = Peer::join(&sft, PeerOptions { video_slots: 0, audio_slots: 0, ..PeerOptions::new("layers", "carol", 3) })
+        .await;
     let request = |streams: serde_json::Value| json!({"type": "REQSTREAMS", "streams": streams});
     viewer
         .send(request(json!([
@@ -104,7 +120,10 @@ async fn reqstreams_picks_layers_and_switches_continuously() {
     .await;
     let bob_mid = viewer.slot_mid_of("bob", "video").unwrap();
     let carol_mid = viewer.slot_mid_of("carol", "video").unwrap();
-    wait_for("media in both slots", || viewer.slot_stats(&bob_mid).packets > 20 && viewer.slot_stats(&carol_mid).packets > 20).await;
+    wait_for("media in both slots", || {
+        viewer.slot_stats(&bob_mid).packets > 20 && viewer.slot_stats(&carol_mid).packets > 20
+    })
+    .await;
     assert!(viewer.slot_stats(&bob_mid).keyframe_widths.iter().all(|w| *w == common::ivf::width_of("l")));
     assert!(viewer.slot_stats(&carol_mid).keyframe_widths.iter().all(|w| *w == common::ivf::width_of("h")));
 
@@ -115,7 +134,10 @@ async fn reqstreams_picks_layers_and_switches_continuously() {
             {"userid": "bob", "clientid": "bob-client", "quality": "high"},
         ])))
         .await;
-    wait_for("carol/m and bob/h", || viewer.video_slots() == vec![("bob".into(), "h".into()), ("carol".into(), "m".into())]).await;
+    wait_for("carol/m and bob/h", || {
+        viewer.video_slots() == vec![("bob".into(), "h".into()), ("carol".into(), "m".into())]
+    })
+    .await;
     let before = (viewer.slot_stats(&bob_mid).packets, viewer.slot_stats(&carol_mid).packets);
     wait_for("media after the switch", || {
         viewer.slot_stats(&bob_mid).packets > before.0 + 20 && viewer.slot_stats(&carol_mid).packets > before.1 + 20
@@ -166,8 +188,16 @@ async fn two_conferences_never_leak() {
     ] {
         assert_eq!(peer.participants().len(), 2);
         for (mid, stats) in peer.all_slot_stats() {
-            assert!(stats.markers.iter().all(|m| allowed.contains(m)), "{} slot {mid} audio from another conference", peer.options.userid);
-            assert!(stats.keyframe_widths.iter().all(|w| widths.contains(w)), "{} slot {mid} video from another conference", peer.options.userid);
+            assert!(
+                stats.markers.iter().all(|m| allowed.contains(m)),
+                "{} slot {mid} audio from another conference",
+                peer.options.userid
+            );
+            assert!(
+                stats.keyframe_widths.iter().all(|w| widths.contains(w)),
+                "{} slot {mid} video from another conference",
+                peer.options.userid
+            );
         }
     }
     assert_eq!(sft.metric("sft_conferences").await, 2.0);

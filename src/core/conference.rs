@@ -299,12 +299,8 @@ impl Conference {
                 }
             }
         }
-        let loudest: Vec<(ParticipantId, u8)> = ranking
-            .iter()
-            .filter(|(_, level)| *level < SILENCE)
-            .take(self.config.max_speakers)
-            .copied()
-            .collect();
+        let loudest: Vec<(ParticipantId, u8)> =
+            ranking.iter().filter(|(_, level)| *level < SILENCE).take(self.config.max_speakers).copied().collect();
         let ids: Vec<ParticipantId> = loudest.iter().map(|(id, _)| *id).collect();
         if ids == self.announced_speakers {
             return;
@@ -370,15 +366,17 @@ impl Conference {
         senders.truncate(receiver.audio_slots.len());
         let current: Vec<Option<ParticipantId>> =
             receiver.audio_slots.iter().map(|s| s.target.map(|t| t.participant)).collect();
-        assign_stable(&current, &senders)
-            .into_iter()
-            .map(|p| p.map(StreamKey::audio))
-            .collect()
+        assign_stable(&current, &senders).into_iter().map(|p| p.map(StreamKey::audio)).collect()
     }
 
     /// Video slots follow the receiver's REQSTREAMS, or else the most
     /// recent active speakers.
-    fn video_targets(&self, now: Instant, receiver_id: ParticipantId, receiver: &Participant) -> Vec<Option<StreamKey>> {
+    fn video_targets(
+        &self,
+        now: Instant,
+        receiver_id: ParticipantId,
+        receiver: &Participant,
+    ) -> Vec<Option<StreamKey>> {
         let slot_count = receiver.video_slots.len();
         if let Some(requests) = &receiver.requests {
             return (0..slot_count)
@@ -396,11 +394,8 @@ impl Conference {
                 })
                 .collect();
         }
-        let mut publishers: Vec<(&ParticipantId, &Participant)> = self
-            .participants
-            .iter()
-            .filter(|(id, p)| **id != receiver_id && !p.video_layers.is_empty())
-            .collect();
+        let mut publishers: Vec<(&ParticipantId, &Participant)> =
+            self.participants.iter().filter(|(id, p)| **id != receiver_id && !p.video_layers.is_empty()).collect();
         // Most recent speaker first; never-spoken ones after, in join order.
         publishers.sort_by_key(|(id, p)| (std::cmp::Reverse(p.last_spoke), **id));
         publishers.truncate(slot_count);
@@ -453,7 +448,8 @@ impl Conference {
             let receiver = self.participants.get_mut(&id).expect("listed above");
             receiver.slots_changed = false;
             receiver.confpart_seq += 1;
-            let message = ServerMessage::ConfPart { seq: receiver.confpart_seq, participants: participants.clone(), slots };
+            let message =
+                ServerMessage::ConfPart { seq: receiver.confpart_seq, participants: participants.clone(), slots };
             self.outputs.push_back(Output::Send { to: id, message });
         }
     }

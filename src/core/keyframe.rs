@@ -80,6 +80,7 @@ impl KeyframeThrottle {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test needs some starting instant
 mod tests {
     use super::*;
     use crate::core::ids::{Layer, ParticipantId};

@@ -9,11 +9,7 @@ use super::ids::{Layer, MediaKind};
 #[serde(tag = "type")]
 pub enum ServerMessage {
     #[serde(rename = "CONFPART")]
-    ConfPart {
-        seq: u64,
-        participants: Vec<ParticipantInfo>,
-        slots: Vec<SlotInfo>,
-    },
+    ConfPart { seq: u64, participants: Vec<ParticipantInfo>, slots: Vec<SlotInfo> },
     #[serde(rename = "SPEAKERS")]
     Speakers { speakers: Vec<SpeakerInfo> },
 }

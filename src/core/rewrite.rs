@@ -92,6 +92,7 @@ impl SlotRewriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test needs some starting instant
 mod tests {
     use std::time::Duration;
 

@@ -10,10 +10,7 @@ use super::ids::Layer;
 ///
 /// `desired` must hold no more entries than there are slots and no duplicates.
 pub fn assign_stable<K: Copy + Eq>(current: &[Option<K>], desired: &[K]) -> Vec<Option<K>> {
-    let mut next: Vec<Option<K>> = current
-        .iter()
-        .map(|slot| slot.filter(|source| desired.contains(source)))
-        .collect();
+    let mut next: Vec<Option<K>> = current.iter().map(|slot| slot.filter(|source| desired.contains(source))).collect();
     let mut free = (0..next.len()).filter(|&i| next[i].is_none()).collect::<Vec<_>>().into_iter();
     for source in desired {
         if !next.contains(&Some(*source)) {

@@ -60,10 +60,7 @@ impl SpeakerTracker {
 
     /// The last closed window's level of one participant; silence if unheard.
     pub fn level(&self, participant: ParticipantId) -> u8 {
-        self.ranking
-            .iter()
-            .find(|(p, _)| *p == participant)
-            .map_or(SILENCE, |&(_, level)| level)
+        self.ranking.iter().find(|(p, _)| *p == participant).map_or(SILENCE, |&(_, level)| level)
     }
 }
 

@@ -1,4 +1,5 @@
 //! Deterministic simulations of whole conferences through the core's API.
+#![allow(clippy::disallowed_methods)] // a simulation needs some starting instant
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -81,11 +82,8 @@ impl Sim {
         let Some(ServerMessage::ConfPart { slots, .. }) = self.last_confpart(to) else {
             return Vec::new();
         };
-        let mut users: Vec<_> = slots
-            .iter()
-            .filter(|s| s.kind == MediaKind::Video)
-            .map(|s| (s.userid.clone(), s.layer))
-            .collect();
+        let mut users: Vec<_> =
+            slots.iter().filter(|s| s.kind == MediaKind::Video).map(|s| (s.userid.clone(), s.layer)).collect();
         users.sort();
         users
     }
@@ -158,7 +156,8 @@ fn slot_switch_keeps_sequence_continuous() {
     let y = StreamKey::video(ParticipantId(3), Layer::High);
     sim.send(x, true, None);
     let mut last = sim.send(x, false, None)[0].seq;
-    let request = |user: &str| StreamRequest { userid: user.into(), clientid: "c".into(), domain: None, quality: Quality::High };
+    let request =
+        |user: &str| StreamRequest { userid: user.into(), clientid: "c".into(), domain: None, quality: Quality::High };
     sim.conf.handle_request_streams(sim.now, ParticipantId(1), vec![request("y")]);
     sim.drain();
     assert!(sim.keyframe_requests().contains(&y));
@@ -177,8 +176,17 @@ fn slot_switch_keeps_sequence_continuous() {
 #[test]
 fn requested_layers_and_off() {
     let mut sim = four_party();
-    let req = |user: &str, quality| StreamRequest { userid: user.into(), clientid: "c".into(), domain: Some("a.example".into()), quality };
-    sim.conf.handle_request_streams(sim.now, ParticipantId(1), vec![req("b", Quality::Low), req("c", Quality::High), req("d", Quality::Off)]);
+    let req = |user: &str, quality| StreamRequest {
+        userid: user.into(),
+        clientid: "c".into(),
+        domain: Some("a.example".into()),
+        quality,
+    };
+    sim.conf.handle_request_streams(
+        sim.now,
+        ParticipantId(1),
+        vec![req("b", Quality::Low), req("c", Quality::High), req("d", Quality::Off)],
+    );
     sim.drain();
     for p in 2..=4 {
         for layer in SIMULCAST {
@@ -297,7 +305,8 @@ fn random_conferences_keep_invariants() {
                     let who = present[rng.gen_range(0..present.len())];
                     let target = present[rng.gen_range(0..present.len())];
                     let quality = [Quality::Low, Quality::Medium, Quality::High, Quality::Off][rng.gen_range(0..4)];
-                    let req = StreamRequest { userid: format!("u{target}"), clientid: "c".into(), domain: None, quality };
+                    let req =
+                        StreamRequest { userid: format!("u{target}"), clientid: "c".into(), domain: None, quality };
                     sim.conf.handle_request_streams(sim.now, ParticipantId(who), vec![req]);
                 }
                 10..=14 => sim.advance(Duration::from_millis(rng.gen_range(1..400))),

@@ -161,7 +161,8 @@ impl Client {
 
     /// The slot a keyframe request from this client (as a receiver) is about.
     pub fn slot_of(&self, mid: Mid) -> Option<SlotRef> {
-        let find = |slots: &[SlotTx], kind| slots.iter().position(|s| s.mid == mid).map(|index| SlotRef { kind, index });
+        let find =
+            |slots: &[SlotTx], kind| slots.iter().position(|s| s.mid == mid).map(|index| SlotRef { kind, index });
         find(&self.video_slots, MediaKind::Video).or_else(|| find(&self.audio_slots, MediaKind::Audio))
     }
 

@@ -1,5 +1,6 @@
 //! The edge's event loop: socket, timers and commands in; str0m and the
 //! conference core in between; datagrams out.
+#![allow(clippy::disallowed_methods)] // the shell reads the clock and hands `now` to str0m and the core
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +15,9 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Limits};
-use crate::core::conference::{Conference, ConferenceConfig, Forward, IncomingRtp, Output as CoreOutput, ParticipantSpec};
+use crate::core::conference::{
+    Conference, ConferenceConfig, Forward, IncomingRtp, Output as CoreOutput, ParticipantSpec,
+};
 use crate::core::ids::{ConferenceKey, MediaKind, ParticipantId};
 use crate::core::keyframe::is_vp8_keyframe;
 use crate::core::messages::ClientMessage;
@@ -148,7 +151,8 @@ impl Driver {
             return Err(JoinError::AtCapacity("the conference is full"));
         }
         let summary = offer::inspect(&request.offer_sdp).map_err(|e| JoinError::BadOffer(e.to_string()))?;
-        let sdp = SdpOffer::from_sdp_string(&request.offer_sdp).map_err(|e| JoinError::BadOffer(format!("invalid SDP: {e}")))?;
+        let sdp = SdpOffer::from_sdp_string(&request.offer_sdp)
+            .map_err(|e| JoinError::BadOffer(format!("invalid SDP: {e}")))?;
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -156,9 +160,11 @@ impl Driver {
             .enable_opus(true, false)
             .enable_vp8(true)
             .build(now);
-        let candidate = Candidate::host(self.public_addr, "udp").map_err(|e| JoinError::BadOffer(format!("host candidate: {e}")))?;
+        let candidate = Candidate::host(self.public_addr, "udp")
+            .map_err(|e| JoinError::BadOffer(format!("host candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
-        let answer = rtc.sdp_api().accept_offer(sdp).map_err(|e| JoinError::BadOffer(format!("offer not accepted: {e}")))?;
+        let answer =
+            rtc.sdp_api().accept_offer(sdp).map_err(|e| JoinError::BadOffer(format!("offer not accepted: {e}")))?;
 
         let id = ParticipantId(self.next_participant);
         self.next_participant += 1;
@@ -189,9 +195,9 @@ impl Driver {
         for _ in 0..MAX_BATCHES_PER_WAKE {
             let now = Instant::now();
             let Self { socket, clients, by_addr, public_addr, metrics, outgoing, events, ended, .. } = self;
-            let mut sink = Sink { outgoing, events, ended };
+            let mut sink = Sink { metrics, outgoing, events, ended };
             let received = socket.recv_batch(|source, datagram| {
-                handle_datagram(now, source, *public_addr, datagram, clients, by_addr, metrics, &mut sink);
+                handle_datagram(now, source, *public_addr, datagram, clients, by_addr, &mut sink);
             });
             match received {
                 Ok(0) => break,
@@ -266,7 +272,12 @@ impl Driver {
 
     fn poll_client(&mut self, id: ParticipantId) {
         if let Some(client) = self.clients.get_mut(&id) {
-            let mut sink = Sink { outgoing: &mut self.outgoing, events: &mut self.events, ended: &mut self.ended };
+            let mut sink = Sink {
+                metrics: &self.metrics,
+                outgoing: &mut self.outgoing,
+                events: &mut self.events,
+                ended: &mut self.ended,
+            };
             poll_rtc(client, &mut sink);
         }
     }
@@ -294,7 +305,9 @@ impl Driver {
                     self.handle_client_message(now, id, &data.data);
                 }
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.ended.push((id, "ice-disconnected")),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.ended.push((id, "ice-disconnected"))
+            }
             Event::Closed => self.ended.push((id, "closed")),
             Event::Connected => tracing::debug!(participant = %id, "connected"),
             _ => {}
@@ -302,7 +315,8 @@ impl Driver {
     }
 
     fn handle_client_message(&mut self, now: Instant, id: ParticipantId, data: &[u8]) {
-        let message = (data.len() <= MAX_CLIENT_MESSAGE).then(|| serde_json::from_slice::<ClientMessage>(data).ok()).flatten();
+        let message =
+            (data.len() <= MAX_CLIENT_MESSAGE).then(|| serde_json::from_slice::<ClientMessage>(data).ok()).flatten();
         let Some(message) = message else {
             self.metrics.dropped(DropReason::BadMessage);
             return;
@@ -325,7 +339,8 @@ impl Driver {
         let Some((stream, codec)) = client.classify(packet) else { return };
         let keyframe = stream.kind == MediaKind::Video && codec == Codec::Vp8 && is_vp8_keyframe(&packet.payload);
         let audio_level = packet.header.ext_vals.audio_level.map(|level| level.unsigned_abs().min(127));
-        let incoming = IncomingRtp { stream, seq: *packet.seq_no, timestamp: packet.header.timestamp, keyframe, audio_level };
+        let incoming =
+            IncomingRtp { stream, seq: *packet.seq_no, timestamp: packet.header.timestamp, keyframe, audio_level };
         let number = client.conference_number;
         let Some(conference) = self.conferences.get_mut(&number) else { return };
         conference.handle_rtp(now, &incoming, &mut self.forwards);
@@ -403,6 +418,7 @@ impl Driver {
 
 /// Where polling a client's `Rtc` puts its output.
 struct Sink<'a> {
+    metrics: &'a Metrics,
     outgoing: &'a mut Vec<Datagram>,
     events: &'a mut Vec<(ParticipantId, Event)>,
     ended: &'a mut Vec<(ParticipantId, &'static str)>,
@@ -418,7 +434,9 @@ fn poll_rtc(client: &mut Client, sink: &mut Sink) {
                 client.next_timeout = Some(t);
                 return;
             }
-            Ok(Output::Transmit(t)) => sink.outgoing.push(Datagram { destination: t.destination, contents: t.contents.into() }),
+            Ok(Output::Transmit(t)) => {
+                sink.outgoing.push(Datagram { destination: t.destination, contents: t.contents.into() })
+            }
             Ok(Output::Event(event)) => sink.events.push((client.id, event)),
             Err(e) => {
                 tracing::debug!(participant = %client.id, "webrtc error: {e}");
@@ -437,11 +455,10 @@ fn handle_datagram(
     datagram: &[u8],
     clients: &mut HashMap<ParticipantId, Client>,
     by_addr: &mut HashMap<SocketAddr, ParticipantId>,
-    metrics: &Metrics,
     sink: &mut Sink,
 ) {
     let Ok(receive) = Receive::new(Protocol::Udp, source, local, datagram) else {
-        metrics.dropped(DropReason::Malformed);
+        sink.metrics.dropped(DropReason::Malformed);
         return;
     };
     let input = Input::Receive(now, receive);
@@ -454,7 +471,7 @@ fn handle_datagram(
                 client.id
             }
             None => {
-                metrics.dropped(DropReason::UnknownSource);
+                sink.metrics.dropped(DropReason::UnknownSource);
                 return;
             }
         },
@@ -465,7 +482,7 @@ fn handle_datagram(
     }
     if let Err(e) = client.rtc.handle_input(input) {
         tracing::debug!(participant = %id, "datagram rejected: {e}");
-        metrics.dropped(DropReason::Rejected);
+        sink.metrics.dropped(DropReason::Rejected);
     }
     client.last_rx = now;
     poll_rtc(client, sink);

@@ -74,7 +74,14 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, OfferError> {
             let mut fields = m.split(' ');
             let kind = fields.next().unwrap_or("");
             let port_zero = fields.next() == Some("0");
-            sections.push(MediaSection { kind, port_zero, mid: None, direction: None, rtcp_mux: false, send_rids: Vec::new() });
+            sections.push(MediaSection {
+                kind,
+                port_zero,
+                mid: None,
+                direction: None,
+                rtcp_mux: false,
+                send_rids: Vec::new(),
+            });
             continue;
         }
         let Some(attr) = line.strip_prefix("a=") else {
@@ -157,7 +164,9 @@ fn simulcast_layers(mid: &str, rids: &[&str]) -> Result<Vec<Layer>, OfferError> 
     }
     let mut layers = rids
         .iter()
-        .map(|rid| Layer::from_rid(rid).ok_or_else(|| OfferError::UnknownRid { mid: mid.to_owned(), rid: (*rid).to_owned() }))
+        .map(|rid| {
+            Layer::from_rid(rid).ok_or_else(|| OfferError::UnknownRid { mid: mid.to_owned(), rid: (*rid).to_owned() })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     layers.sort();
     layers.dedup();
@@ -193,11 +202,23 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n";
     fn rejects_what_the_contract_does_not_allow() {
         assert_eq!(inspect("garbage"), Err(OfferError::NotSdp));
         assert_eq!(inspect(&offer(FULL).replace("a=group:BUNDLE 0 1 2 3 4\r\n", "")), Err(OfferError::NoBundle));
-        assert_eq!(inspect(&offer(FULL).replace("BUNDLE 0 1 2 3 4", "BUNDLE 0 1 2 4")), Err(OfferError::NotBundled("3".into())));
+        assert_eq!(
+            inspect(&offer(FULL).replace("BUNDLE 0 1 2 3 4", "BUNDLE 0 1 2 4")),
+            Err(OfferError::NotBundled("3".into()))
+        );
         assert_eq!(inspect(&offer(&FULL.replacen("a=rtcp-mux\r\n", "", 1))), Err(OfferError::NoRtcpMux("0".into())));
-        assert_eq!(inspect(&offer(&FULL.replacen("a=sendonly", "a=sendrecv", 1))), Err(OfferError::Direction("0".into())));
-        assert_eq!(inspect(&offer(&FULL.replace("a=recvonly", "a=sendonly"))), Err(OfferError::TwoPublications("audio")));
-        assert!(matches!(inspect(&offer(&FULL.replace("rid:m send", "rid:x send"))), Err(OfferError::UnknownRid { .. })));
+        assert_eq!(
+            inspect(&offer(&FULL.replacen("a=sendonly", "a=sendrecv", 1))),
+            Err(OfferError::Direction("0".into()))
+        );
+        assert_eq!(
+            inspect(&offer(&FULL.replace("a=recvonly", "a=sendonly"))),
+            Err(OfferError::TwoPublications("audio"))
+        );
+        assert!(matches!(
+            inspect(&offer(&FULL.replace("rid:m send", "rid:x send"))),
+            Err(OfferError::UnknownRid { .. })
+        ));
         let no_data = FULL.replace("m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n", "");
         assert_eq!(inspect(&offer(&no_data)), Err(OfferError::NoDataChannel));
         let many = "m=audio 9 X 1\r\n".repeat(65);

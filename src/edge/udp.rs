@@ -59,7 +59,8 @@ impl MediaSocket {
     pub fn recv_batch(&mut self, mut on_datagram: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
         let Self { socket, state, recv_buffers, recv_meta, .. } = self;
         let mut slices: Vec<IoSliceMut> = recv_buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let received = match socket.try_io(Interest::READABLE, || state.recv((&*socket).into(), &mut slices, recv_meta)) {
+        let received = match socket.try_io(Interest::READABLE, || state.recv((&*socket).into(), &mut slices, recv_meta))
+        {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),

@@ -24,7 +24,13 @@ impl TokenError {
 }
 
 /// Checks `header` (the whole `Authorization` value) at unix time `now_secs`.
-pub fn verify(secret: &str, header: Option<&str>, conf_id: &str, userid: &str, now_secs: u64) -> Result<(), TokenError> {
+pub fn verify(
+    secret: &str,
+    header: Option<&str>,
+    conf_id: &str,
+    userid: &str,
+    now_secs: u64,
+) -> Result<(), TokenError> {
     let token = header.ok_or(TokenError::Missing)?.strip_prefix("Bearer ").ok_or(TokenError::Malformed)?.trim();
     let (expiry, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
     let expiry_secs: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;

@@ -17,7 +17,8 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 pub async fn handle(state: Arc<Signalling>, request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
     let allowed = origin.as_ref().filter(|o| is_allowed(&state, o)).cloned();
-    let is_preflight = request.method() == Method::OPTIONS && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let is_preflight =
+        request.method() == Method::OPTIONS && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     let mut response = if is_preflight {
         // A disallowed origin gets an answer without CORS headers: the browser blocks it.
         StatusCode::NO_CONTENT.into_response()

@@ -1,5 +1,6 @@
 //! Client signalling (contract section 3): SETUP and leave over HTTP, CORS,
 //! the optional bearer token, and the demo page.
+#![allow(clippy::disallowed_methods)] // the shell reads the clock: join latency, token expiry
 
 mod auth;
 mod cors;
@@ -94,7 +95,8 @@ async fn join(state: &Signalling, conf_id: &str, request: Request) -> Result<ser
     let conf_id = ConfId::parse(conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let headers = request.headers().clone();
     let body = read_body(request.into_body(), &headers).await?;
-    let setup: SetupRequest = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid SETUP JSON: {e}")))?;
+    let setup: SetupRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid SETUP JSON: {e}")))?;
     check_setup(&setup)?;
     if state.drain.is_draining() {
         return Err(ApiError::Unavailable("this SFT is draining"));
@@ -102,11 +104,15 @@ async fn join(state: &Signalling, conf_id: &str, request: Request) -> Result<ser
     if let Some(secret) = &state.auth_secret {
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        auth::verify(secret, authorization, conf_id.as_str(), &setup.src_userid, now_secs).map_err(|e| ApiError::Unauthorized(e.message()))?;
+        auth::verify(secret, authorization, conf_id.as_str(), &setup.src_userid, now_secs)
+            .map_err(|e| ApiError::Unauthorized(e.message()))?;
     }
     let anchor_domain = match &setup.anchor {
         Some(anchor) if anchor.domain != state.domain => {
-            return Err(ApiError::FederationDenied(format!("federation is off on this SFT; cannot join a conference anchored at {:?}", anchor.domain)));
+            return Err(ApiError::FederationDenied(format!(
+                "federation is off on this SFT; cannot join a conference anchored at {:?}",
+                anchor.domain
+            )));
         }
         _ => state.domain.clone(),
     };
@@ -147,14 +153,18 @@ fn check_setup(setup: &SetupRequest) -> Result<(), ApiError> {
 
 /// Reads at most [`MAX_BODY_BYTES`]; more is 413 whatever Content-Length says.
 async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ApiError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return Err(ApiError::TooLarge);
     }
     axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::TooLarge)
 }
 
-async fn leave(State(state): State<Arc<Signalling>>, Path((conf_id, sessid)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+async fn leave(
+    State(state): State<Arc<Signalling>>,
+    Path((conf_id, sessid)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
     let conf_id = ConfId::parse(&conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let conference = ConferenceKey { anchor_domain: state.domain.clone(), conf_id };
     if state.edge.leave(conference, sessid).await {

@@ -1,5 +1,6 @@
 //! Test harness: an in-process SFT on loopback, and synthetic WebRTC peers
 //! built with webrtc-rs (a second, independent WebRTC stack).
+#![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod ivf;
@@ -178,7 +179,11 @@ async fn new_peer_connection() -> Arc<RTCPeerConnection> {
     settings.set_ip_filter(Box::new(|ip: IpAddr| ip.is_loopback()));
     settings.set_include_loopback_candidate(true);
     settings.set_network_types(vec![NetworkType::Udp4]);
-    let api = APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(settings).build();
+    let api = APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .build();
     Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.unwrap())
 }
 
@@ -209,29 +214,47 @@ impl Peer {
         let state = Arc::new(Mutex::new(PeerState::default()));
         let publishing = Arc::new(AtomicBool::new(true));
         if options.audio {
-            let track = Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_OPUS), "audio".into(), options.userid.clone()));
-            let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
-            pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init)).await.unwrap();
+            let track =
+                Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_OPUS), "audio".into(), options.userid.clone()));
+            let init =
+                RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
+            pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init))
+                .await
+                .unwrap();
             tokio::spawn(publish_audio(track, options.marker, options.audio_level, publishing.clone()));
         }
         match options.video {
             Video::None => {}
             Video::Single => {
-                let track = Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_VP8), "video".into(), options.userid.clone()));
-                let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
-                let transceiver = pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init)).await.unwrap();
+                let track =
+                    Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_VP8), "video".into(), options.userid.clone()));
+                let init =
+                    RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
+                let transceiver = pc
+                    .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init))
+                    .await
+                    .unwrap();
                 tokio::spawn(publish_video(vec![(track, "single")], transceiver.sender().await, publishing.clone()));
             }
             Video::Simulcast => {
                 let tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)> = ["l", "m", "h"]
                     .into_iter()
                     .map(|rid| {
-                        let track = TrackLocalStaticSample::new_with_rid(codec(MIME_TYPE_VP8), "video".into(), rid.into(), options.userid.clone());
+                        let track = TrackLocalStaticSample::new_with_rid(
+                            codec(MIME_TYPE_VP8),
+                            "video".into(),
+                            rid.into(),
+                            options.userid.clone(),
+                        );
                         (Arc::new(track), rid)
                     })
                     .collect();
-                let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
-                let transceiver = pc.add_transceiver_from_track(tracks[0].0.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init)).await.unwrap();
+                let init =
+                    RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
+                let transceiver = pc
+                    .add_transceiver_from_track(tracks[0].0.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init))
+                    .await
+                    .unwrap();
                 let sender = transceiver.sender().await;
                 for (track, _) in &tracks[1..] {
                     sender.add_encoding(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.unwrap();
@@ -241,7 +264,8 @@ impl Peer {
         }
         for (kind, count) in [(RTPCodecType::Audio, options.audio_slots), (RTPCodecType::Video, options.video_slots)] {
             for _ in 0..count {
-                let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] };
+                let init =
+                    RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] };
                 pc.add_transceiver_from_kind(kind, Some(init)).await.unwrap();
             }
         }
@@ -287,7 +311,8 @@ impl Peer {
         self.pc.set_remote_description(RTCSessionDescription::answer(sdp.clone()).unwrap()).await.unwrap();
         self.answer_sdp = sdp;
         let state = self.state.clone();
-        wait_for(&format!("{}'s data channel to open", self.options.userid), || state.lock().unwrap().channel_open).await;
+        wait_for(&format!("{}'s data channel to open", self.options.userid), || state.lock().unwrap().channel_open)
+            .await;
         self
     }
 
@@ -298,8 +323,12 @@ impl Peer {
     /// The userids in the newest CONFPART, sorted.
     pub fn participants(&self) -> Vec<String> {
         let Some(confpart) = self.confpart() else { return Vec::new() };
-        let mut users: Vec<String> =
-            confpart["participants"].as_array().unwrap().iter().map(|p| p["userid"].as_str().unwrap().to_owned()).collect();
+        let mut users: Vec<String> = confpart["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["userid"].as_str().unwrap().to_owned())
+            .collect();
         users.sort();
         users
     }
@@ -321,7 +350,11 @@ impl Peer {
     /// The mid of the video slot CONFPART says carries `userid`.
     pub fn slot_mid_of(&self, userid: &str, kind: &str) -> Option<String> {
         let confpart = self.confpart()?;
-        confpart["slots"].as_array()?.iter().find(|s| s["userid"] == userid && s["kind"] == kind).map(|s| s["mid"].as_str().unwrap().to_owned())
+        confpart["slots"]
+            .as_array()?
+            .iter()
+            .find(|s| s["userid"] == userid && s["kind"] == kind)
+            .map(|s| s["mid"].as_str().unwrap().to_owned())
     }
 
     pub fn slot_stats(&self, mid: &str) -> SlotStats {
@@ -365,7 +398,6 @@ fn record_packet(state: &Mutex<PeerState>, mid: &str, packet: &webrtc::rtp::pack
     }
     if packet.payload.len() >= 2 && packet.payload[0] == OPUS_TOC {
         slot.markers.push(packet.payload[1]);
-
     }
 }
 
@@ -379,7 +411,11 @@ async fn publish_audio(track: Arc<TrackLocalStaticSample>, marker: u8, level: u8
     while publishing.load(Ordering::SeqCst) {
         tick.tick().await;
         counter = counter.wrapping_add(1);
-        let sample = Sample { data: vec![OPUS_TOC, marker, counter, 0, 0, 0, 0, 0].into(), duration: Duration::from_millis(20), ..Default::default() };
+        let sample = Sample {
+            data: vec![OPUS_TOC, marker, counter, 0, 0, 0, 0, 0].into(),
+            duration: Duration::from_millis(20),
+            ..Default::default()
+        };
         let level = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: true });
         if track.write_sample_with_extensions(&sample, &[level]).await.is_err() {
             return;
@@ -389,7 +425,11 @@ async fn publish_audio(track: Arc<TrackLocalStaticSample>, marker: u8, level: u8
 
 /// Plays each layer's IVF file in a loop at 15 fps; a PLI restarts every
 /// layer at its keyframe.
-async fn publish_video(tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)>, sender: Arc<RTCRtpSender>, publishing: Arc<AtomicBool>) {
+async fn publish_video(
+    tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)>,
+    sender: Arc<RTCRtpSender>,
+    publishing: Arc<AtomicBool>,
+) {
     let files: Vec<Vec<Vec<u8>>> = tracks.iter().map(|(_, name)| ivf::layer_file(name)).collect();
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let wanted = keyframe_wanted.clone();
@@ -408,7 +448,11 @@ async fn publish_video(tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)>,
             frame = 0;
         }
         for ((track, _), file) in tracks.iter().zip(&files) {
-            let sample = Sample { data: file[frame % file.len()].clone().into(), duration: Duration::from_millis(66), ..Default::default() };
+            let sample = Sample {
+                data: file[frame % file.len()].clone().into(),
+                duration: Duration::from_millis(66),
+                ..Default::default()
+            };
             if track.write_sample(&sample).await.is_err() {
                 return;
             }

@@ -1,0 +1,55 @@
+//! The core's share of the packet path: routing one published packet into
+//! every slot that carries it (selection + sequence/timestamp rewriting).
+#![allow(clippy::disallowed_methods)] // a benchmark needs some starting instant
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sft::core::conference::{Conference, ConferenceConfig, IncomingRtp, ParticipantSpec};
+use sft::core::ids::{Identity, Layer, ParticipantId, StreamKey};
+
+fn conference(size: u64, now: Instant) -> Conference {
+    let mut conference = Conference::new(ConferenceConfig::default());
+    for id in 1..=size {
+        let spec = ParticipantSpec {
+            identity: Identity { userid: format!("u{id}"), clientid: "c".into(), domain: "a.example".into() },
+            publishes_audio: true,
+            video_layers: vec![Layer::Low, Layer::Medium, Layer::High],
+            audio_slot_mids: (0..3).map(|i| format!("a{i}")).collect(),
+            video_slot_mids: (0..4).map(|i| format!("v{i}")).collect(),
+        };
+        conference.add_participant(now, ParticipantId(id), spec);
+    }
+    while conference.poll_output().is_some() {}
+    conference
+}
+
+fn route_video(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_video_packet");
+    for size in [4u64, 10, 20, 50] {
+        let now = Instant::now();
+        let mut conf = conference(size, now);
+        let stream = StreamKey::video(ParticipantId(1), Layer::High);
+        let mut out = Vec::with_capacity(64);
+        // A keyframe first, so every slot that targets the stream switches to it.
+        conf.handle_rtp(now, &IncomingRtp { stream, seq: 1, timestamp: 0, keyframe: true, audio_level: None }, &mut out);
+        while conf.poll_output().is_some() {}
+        let receivers = out.len().max(1) as u64;
+        group.throughput(Throughput::Elements(receivers));
+        let mut seq = 2;
+        group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.iter(|| {
+                out.clear();
+                let packet = IncomingRtp { stream, seq, timestamp: seq as u32 * 3000, keyframe: false, audio_level: None };
+                conf.handle_rtp(now, black_box(&packet), &mut out);
+                seq += 1;
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, route_video);
+criterion_main!(benches);
