@@ -33,7 +33,11 @@ fn route_video(c: &mut Criterion) {
         let stream = StreamKey::video(ParticipantId(1), Layer::High);
         let mut out = Vec::with_capacity(64);
         // A keyframe first, so every slot that targets the stream switches to it.
-        conf.handle_rtp(now, &IncomingRtp { stream, seq: 1, timestamp: 0, keyframe: true, audio_level: None }, &mut out);
+        conf.handle_rtp(
+            now,
+            &IncomingRtp { stream, seq: 1, timestamp: 0, keyframe: true, audio_level: None },
+            &mut out,
+        );
         while conf.poll_output().is_some() {}
         let receivers = out.len().max(1) as u64;
         group.throughput(Throughput::Elements(receivers));
@@ -41,7 +45,8 @@ fn route_video(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
             b.iter(|| {
                 out.clear();
-                let packet = IncomingRtp { stream, seq, timestamp: seq as u32 * 3000, keyframe: false, audio_level: None };
+                let packet =
+                    IncomingRtp { stream, seq, timestamp: seq as u32 * 3000, keyframe: false, audio_level: None };
                 conf.handle_rtp(now, black_box(&packet), &mut out);
                 seq += 1;
                 black_box(out.len())

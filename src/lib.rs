@@ -12,3 +12,4 @@ pub mod edge;
 pub mod metrics;
 pub mod server;
 pub mod signalling;
+pub mod tls;

@@ -16,11 +16,14 @@ use crate::drain::Drain;
 use crate::edge::{self, EdgeHandle};
 use crate::metrics::Metrics;
 use crate::signalling::{self, Signalling};
+use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
+    #[error("signalling TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running SFT and where it listens (ports resolved when 0 was asked for).
@@ -35,6 +38,11 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        // Certificates first: a bad file is a start-up error, before any port opens.
+        let signalling_tls = match &config.signalling.tls {
+            Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let drain = Arc::new(Drain::default());
         let (edge, media_addr) = edge::start(config, metrics.clone()).map_err(|source| StartError::Bind {
@@ -53,7 +61,11 @@ impl Server {
             metrics: metrics.clone(),
             drain: drain.clone(),
         });
-        tokio::spawn(serve(signalling_listener, signalling::router(signalling_state)));
+        let signalling_router = signalling::router(signalling_state);
+        match signalling_tls {
+            Some(tls) => tokio::spawn(serve_tls(signalling_listener, signalling_router, tls)),
+            None => tokio::spawn(serve(signalling_listener, signalling_router)),
+        };
 
         let metrics_listener = bind("metrics", config.metrics_listen).await?;
         let metrics_addr = metrics_listener.local_addr().expect("bound socket has an address");
@@ -92,3 +104,34 @@ async fn serve(listener: TcpListener, router: axum::Router) {
         tracing::error!("HTTP server stopped: {e}");
     }
 }
+
+/// Serves `router` over TLS: each accepted connection does its handshake in
+/// its own task, so a slow or hostile client holds up nobody else.
+async fn serve_tls(listener: TcpListener, router: axum::Router, config: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("signalling accept failed: {e}");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(io, service).await {
+                tracing::debug!(%peer, "signalling connection ended: {e}");
+            }
+        });
+    }
+}
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
