@@ -186,3 +186,20 @@ async fn cors_preflight_and_unknown_paths() {
     let unknown_session = http.delete(sft.url("/sft/room/nobody")).send().await.unwrap();
     assert_eq!(unknown_session.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_limits_answer_503() {
+    let sft = TestSft::start("[limits]\nmax_participants = 10\nmax_conference_size = 1\n").await;
+    let http = reqwest::Client::new();
+    let first = Peer::offer_only(PeerOptions::new("small", "one", 1)).await;
+    let offer = first.pc.local_description().await.unwrap().sdp;
+    let joined = http.post(sft.url("/sft/small")).json(&setup_body(&first.sessid, "one", &offer)).send().await.unwrap();
+    assert_eq!(joined.status(), 200);
+    let second = http.post(sft.url("/sft/small")).json(&setup_body("two", "two", &offer)).send().await.unwrap();
+    assert_eq!(second.status(), 503);
+    assert!(second.headers().contains_key("retry-after"));
+    assert_eq!(second.json::<Value>().await.unwrap()["error"], "unavailable");
+    // Another conference still has room.
+    let other = http.post(sft.url("/sft/other")).json(&setup_body("three", "three", &offer)).send().await.unwrap();
+    assert_eq!(other.status(), 200);
+}

@@ -36,12 +36,17 @@ impl Drop for Running {
 
 /// Starts the binary on free loopback ports and waits for its first line.
 fn spawn_sft() -> Running {
+    spawn_sft_with(&[])
+}
+
+fn spawn_sft_with(args: &[&str]) -> Running {
     let signalling: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let mut child = Command::new(SFT)
         .env("SFT_SIGNALLING__LISTEN", format!("\"{signalling}\""))
         .env("SFT_METRICS__LISTEN", format!("\"{metrics}\""))
         .env("SFT_MEDIA__LISTEN", format!("\"127.0.0.1:{}\"", free_udp_port()))
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -134,4 +139,22 @@ async fn drain_refuses_new_sessions_and_exits_when_the_last_call_ends() {
     let left = http.delete(format!("{base}/sft/drained/{}", peer.sessid)).send().await.unwrap();
     assert_eq!(left.status(), 204);
     assert_eq!(wait_exit(&mut sft.child, Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_ip_flag_sets_the_host_candidate() {
+    let sft = spawn_sft_with(&["--public-ip", "127.0.0.9"]);
+    let peer = Peer::offer_only(PeerOptions::new("pub", "alice", 1)).await;
+    let offer = peer.pc.local_description().await.unwrap().sdp;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/sft/pub", sft.signalling))
+        .json(&setup_body(&peer.sessid, "alice", &offer))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    let sdp = answer["props"]["sdp"].as_str().unwrap();
+    let candidate = sdp.lines().find(|l| l.starts_with("a=candidate")).expect("a host candidate");
+    assert!(candidate.contains(" 127.0.0.9 ") && candidate.contains("typ host"), "{candidate}");
+    assert!(sdp.contains("a=ice-lite"), "ICE-lite answer");
 }

@@ -202,3 +202,32 @@ async fn two_conferences_never_leak() {
     }
     assert_eq!(sft.metric("sft_conferences").await, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn receiver_pli_reaches_the_publisher_rate_limited() {
+    let sft = TestSft::start("").await;
+    let viewer =
+        Peer::join(&sft, PeerOptions { video: Video::None, audio: false, ..PeerOptions::new("pli", "viewer", 1) })
+            .await;
+    let publisher = Peer::join(
+        &sft,
+        PeerOptions { video: Video::Single, video_slots: 0, audio_slots: 0, ..PeerOptions::new("pli", "pub", 2) },
+    )
+    .await;
+    wait_for("the publisher in the viewer's slot", || viewer.video_slots().len() == 1).await;
+    let mid = viewer.slot_mid_of("pub", "video").unwrap();
+    wait_for("video", || viewer.slot_stats(&mid).packets > 10).await;
+    // Let the switch-time keyframe requests settle, then burst PLIs.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = publisher.plis_received.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        viewer.send_pli(&mid).await;
+    }
+    wait_for("the PLI to reach the publisher", || {
+        publisher.plis_received.load(std::sync::atomic::Ordering::SeqCst) > before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forwarded = publisher.plis_received.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(forwarded <= 2, "10 PLIs in a burst reach the publisher at most twice, got {forwarded}");
+}

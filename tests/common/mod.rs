@@ -8,7 +8,7 @@ pub mod proxy;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,12 @@ use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::TrackLocal;
 
+/// Both rustls backends are in the test build (aws-lc-rs from sft, ring from
+/// webrtc-rs), so rustls cannot pick one by itself: the tests pick sft's.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Every wait in the tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -48,6 +54,7 @@ impl TestSft {
     /// An SFT on loopback with OS-chosen ports; `extra` is TOML merged over
     /// the embedded default (it may not repeat the listen keys).
     pub async fn start(extra: &str) -> Self {
+        install_crypto_provider();
         let path = std::env::temp_dir().join(format!("sft-test-{}.toml", rand_suffix()));
         std::fs::write(&path, extra).unwrap();
         let loopback_ports = ["SFT_SIGNALLING__LISTEN", "SFT_MEDIA__LISTEN", "SFT_METRICS__LISTEN"]
@@ -150,6 +157,8 @@ pub struct Peer {
     pub channel: Arc<RTCDataChannel>,
     pub state: Arc<Mutex<PeerState>>,
     publishing: Arc<AtomicBool>,
+    /// PLIs this peer received as a publisher.
+    pub plis_received: Arc<AtomicU64>,
     pub answer_sdp: String,
 }
 
@@ -210,9 +219,11 @@ impl Peer {
 
     /// A peer with its offer made (gathering complete), not yet sent anywhere.
     pub async fn offer_only(options: PeerOptions) -> Self {
+        install_crypto_provider();
         let pc = new_peer_connection().await;
         let state = Arc::new(Mutex::new(PeerState::default()));
         let publishing = Arc::new(AtomicBool::new(true));
+        let plis_received = Arc::new(AtomicU64::new(0));
         if options.audio {
             let track =
                 Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_OPUS), "audio".into(), options.userid.clone()));
@@ -234,7 +245,12 @@ impl Peer {
                     .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init))
                     .await
                     .unwrap();
-                tokio::spawn(publish_video(vec![(track, "single")], transceiver.sender().await, publishing.clone()));
+                tokio::spawn(publish_video(
+                    vec![(track, "single")],
+                    transceiver.sender().await,
+                    publishing.clone(),
+                    plis_received.clone(),
+                ));
             }
             Video::Simulcast => {
                 let tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)> = ["l", "m", "h"]
@@ -259,7 +275,7 @@ impl Peer {
                 for (track, _) in &tracks[1..] {
                     sender.add_encoding(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.unwrap();
                 }
-                tokio::spawn(publish_video(tracks, sender, publishing.clone()));
+                tokio::spawn(publish_video(tracks, sender, publishing.clone(), plis_received.clone()));
             }
         }
         for (kind, count) in [(RTPCodecType::Audio, options.audio_slots), (RTPCodecType::Video, options.video_slots)] {
@@ -304,7 +320,7 @@ impl Peer {
         pc.set_local_description(offer).await.unwrap();
         let _ = gathered.recv().await;
         let sessid = format!("{}-{}", options.userid, rand_suffix() % 100_000);
-        Self { options, sessid, pc, channel, state, publishing, answer_sdp: String::new() }
+        Self { options, sessid, pc, channel, state, publishing, plis_received, answer_sdp: String::new() }
     }
 
     pub async fn accept_answer(mut self, sdp: String) -> Self {
@@ -359,6 +375,14 @@ impl Peer {
 
     pub fn slot_stats(&self, mid: &str) -> SlotStats {
         self.state.lock().unwrap().slots.get(mid).cloned().unwrap_or_default()
+    }
+
+    /// Sends a PLI for the stream arriving in slot `mid`, as a decoder that
+    /// lost the picture would.
+    pub async fn send_pli(&self, mid: &str) {
+        let ssrc = *self.slot_stats(mid).ssrcs.iter().next().expect("media arrived in the slot");
+        let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
+        self.pc.write_rtcp(&[Box::new(pli)]).await.unwrap();
     }
 
     pub fn all_slot_stats(&self) -> HashMap<String, SlotStats> {
@@ -429,13 +453,16 @@ async fn publish_video(
     tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)>,
     sender: Arc<RTCRtpSender>,
     publishing: Arc<AtomicBool>,
+    plis_received: Arc<AtomicU64>,
 ) {
     let files: Vec<Vec<Vec<u8>>> = tracks.iter().map(|(_, name)| ivf::layer_file(name)).collect();
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let wanted = keyframe_wanted.clone();
     tokio::spawn(async move {
         while let Ok((packets, _)) = sender.read_rtcp().await {
-            if packets.iter().any(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()) {
+            let plis = packets.iter().filter(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()).count();
+            if plis > 0 {
+                plis_received.fetch_add(plis as u64, Ordering::SeqCst);
                 wanted.store(true, Ordering::SeqCst);
             }
         }
