@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sft::core::conference::{Conference, ConferenceConfig, IncomingRtp, ParticipantSpec};
+use sft::core::conference::{Conference, ConferenceConfig, IncomingRtp, ParticipantSpec, Routes};
 use sft::core::ids::{Identity, Layer, ParticipantId, StreamKey};
 
 fn conference(size: u64, now: Instant) -> Conference {
@@ -31,7 +31,7 @@ fn route_video(c: &mut Criterion) {
         let now = Instant::now();
         let mut conf = conference(size, now);
         let stream = StreamKey::video(ParticipantId(1), Layer::High);
-        let mut out = Vec::with_capacity(64);
+        let mut out = Routes::default();
         // A keyframe first, so every slot that targets the stream switches to it.
         conf.handle_rtp(
             now,
@@ -39,7 +39,7 @@ fn route_video(c: &mut Criterion) {
             &mut out,
         );
         while conf.poll_output().is_some() {}
-        let receivers = out.len().max(1) as u64;
+        let receivers = out.slots.len().max(1) as u64;
         group.throughput(Throughput::Elements(receivers));
         let mut seq = 2;
         group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
@@ -49,7 +49,7 @@ fn route_video(c: &mut Criterion) {
                     IncomingRtp { stream, seq, timestamp: seq as u32 * 3000, keyframe: false, audio_level: None };
                 conf.handle_rtp(now, black_box(&packet), &mut out);
                 seq += 1;
-                black_box(out.len())
+                black_box(out.slots.len())
             })
         });
     }

@@ -2,6 +2,7 @@
 //! a TOML file, overridden by `SFT_<SECTION>__<KEY>` variables, and checked
 //! once at start-up into [`Config`].
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +64,55 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawFederation {
     enabled: bool,
+    listen: String,
+    relay_listen: String,
+    /// The relay address peers are told to dial; defaults to `relay_listen`.
+    relay_public: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    strategy: String,
+    allow: Vec<String>,
+    peers: BTreeMap<String, String>,
+    dns: Option<String>,
+    via_federator: Option<String>,
+    link_timeout: f64,
+}
+
+/// Which peer domains this SFT federates with, inbound and outbound alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    AllowNone,
+    AllowList(Vec<String>),
+    AllowAll,
+}
+
+impl Strategy {
+    pub fn allows(&self, domain: &str) -> bool {
+        match self {
+            Self::AllowNone => false,
+            Self::AllowList(list) => list.iter().any(|d| d.eq_ignore_ascii_case(domain)),
+            Self::AllowAll => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FederationConfig {
+    pub listen: SocketAddr,
+    pub relay_listen: SocketAddr,
+    pub relay_public: Option<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    pub strategy: Strategy,
+    /// Static `domain -> host:port` of control planes; wins over DNS.
+    pub peers: BTreeMap<String, String>,
+    pub dns: Option<SocketAddr>,
+    pub via_federator: Option<String>,
+    /// How long a peer's participants stay after its relay link dropped.
+    pub link_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -81,7 +131,8 @@ pub struct Config {
     pub media: MediaConfig,
     pub limits: Limits,
     pub metrics_listen: SocketAddr,
-    pub federation_enabled: bool,
+    /// `None` while federation is off.
+    pub federation: Option<FederationConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -244,12 +295,7 @@ impl RawConfig {
         if self.limits.max_participants == 0 || self.limits.max_conference_size == 0 {
             return Err(ConfigError::Invalid { key: "limits", why: "limits must be at least 1".into() });
         }
-        if self.federation.enabled {
-            return Err(ConfigError::Invalid {
-                key: "federation.enabled",
-                why: "federation is not available in this build yet".into(),
-            });
-        }
+        let federation = self.federation.check()?;
         Ok(Config {
             domain: self.domain,
             drain_timeout: Duration::from_secs(self.drain_timeout),
@@ -266,8 +312,69 @@ impl RawConfig {
             },
             limits: self.limits,
             metrics_listen: socket_addr("metrics.listen", &self.metrics.listen)?,
-            federation_enabled: self.federation.enabled,
+            federation,
         })
+    }
+}
+
+impl RawFederation {
+    fn check(self) -> Result<Option<FederationConfig>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let required = |key: &'static str, value: Option<PathBuf>| {
+            value.ok_or(ConfigError::Invalid { key, why: "required when federation.enabled = true".into() })
+        };
+        let strategy = match self.strategy.as_str() {
+            "allowNone" => Strategy::AllowNone,
+            "allowAll" => Strategy::AllowAll,
+            "allowList" => Strategy::AllowList(self.allow),
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "federation.strategy",
+                    why: format!("{other:?} is not one of allowNone, allowList, allowAll"),
+                })
+            }
+        };
+        for (domain, addr) in &self.peers {
+            if !addr.contains(':') {
+                return Err(ConfigError::Invalid {
+                    key: "federation.peers",
+                    why: format!("{domain} = {addr:?} is not host:port"),
+                });
+            }
+        }
+        let dns = match &self.dns {
+            Some(raw) => Some(socket_addr("federation.dns", raw)?),
+            None => None,
+        };
+        if let Some(url) = &self.via_federator {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(ConfigError::Invalid {
+                    key: "federation.via_federator",
+                    why: format!("{url:?} is not an http(s) URL"),
+                });
+            }
+        }
+        if !(self.link_timeout.is_finite() && self.link_timeout > 0.0 && self.link_timeout <= 3600.0) {
+            return Err(ConfigError::Invalid {
+                key: "federation.link_timeout",
+                why: "must be between 0 and 3600 seconds".into(),
+            });
+        }
+        Ok(Some(FederationConfig {
+            listen: socket_addr("federation.listen", &self.listen)?,
+            relay_listen: socket_addr("federation.relay_listen", &self.relay_listen)?,
+            relay_public: self.relay_public,
+            cert: required("federation.cert", self.cert)?,
+            key: required("federation.key", self.key)?,
+            ca: self.ca,
+            strategy,
+            peers: self.peers,
+            dns,
+            via_federator: self.via_federator.map(|u| u.trim_end_matches('/').to_owned()),
+            link_timeout: Duration::from_secs_f64(self.link_timeout),
+        }))
     }
 }
 
@@ -322,6 +429,32 @@ mod tests {
             assert!(err.contains(key), "{toml:?} gave {err:?}");
             assert!(!err.contains('\n'), "one line: {err:?}");
         }
+    }
+
+    #[test]
+    fn federation_settings() {
+        let config = load_str(
+            "[federation]\nenabled = true\ncert = \"c.pem\"\nkey = \"k.pem\"\nstrategy = \"allowList\"\nallow = [\"b.example\"]\n\
+             peers = { \"b.example\" = \"127.0.0.2:8443\" }\n",
+            &[],
+        )
+        .unwrap();
+        let federation = config.federation.unwrap();
+        assert!(federation.strategy.allows("B.example") && !federation.strategy.allows("c.example"));
+        assert_eq!(federation.peers["b.example"], "127.0.0.2:8443");
+        assert!(Config::load(None, []).unwrap().federation.is_none());
+        for (toml, key) in [
+            ("[federation]\nenabled = true\n", "federation.cert"),
+            (
+                "[federation]\nenabled = true\ncert = \"c\"\nkey = \"k\"\nstrategy = \"allowSome\"\n",
+                "federation.strategy",
+            ),
+            ("[federation]\nenabled = true\ncert = \"c\"\nkey = \"k\"\ndns = \"x\"\n", "federation.dns"),
+        ] {
+            let err = load_str(toml, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}");
+        }
+        assert!(!Strategy::AllowNone.allows("a") && Strategy::AllowAll.allows("a"));
     }
 
     #[test]

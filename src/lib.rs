@@ -5,10 +5,12 @@
 //! it; `server` wires them together from a checked `config`.
 
 pub mod admin;
+pub mod certs;
 pub mod config;
 pub mod core;
 pub mod drain;
 pub mod edge;
+pub mod federation;
 pub mod metrics;
 pub mod server;
 pub mod signalling;

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use sft::config::Config;
 use sft::server::Server;
 
@@ -20,6 +20,33 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificates for trying federation locally.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write a test CA (ca.pem, ca.key) and a certificate for DOMAIN (cert.pem, key.pem).
+    Dev {
+        /// The domain the certificate is for (its SAN).
+        #[arg(long)]
+        domain: String,
+        /// Where to write the files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Sign with the CA in this directory (ca.pem, ca.key) instead of a new one.
+        #[arg(long, value_name = "DIR")]
+        ca: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -30,6 +57,20 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Certs { command: CertsCommand::Dev { domain, out, ca } }) = &cli.command {
+        return match sft::certs::dev(domain, out, ca.as_deref()) {
+            Ok(written) => {
+                println!("federation.cert = {:?}", written.cert);
+                println!("federation.key = {:?}", written.key);
+                println!("federation.ca = {:?}", written.ca_cert);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sft: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     init_logging(cli.log_format);
     let mut config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,

@@ -14,16 +14,18 @@ pub enum RejectReason {
     SessionExists,
     TooLarge,
     Unavailable,
+    AnchorUnreachable,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         Self::BadRequest,
         Self::Unauthorized,
         Self::FederationDenied,
         Self::SessionExists,
         Self::TooLarge,
         Self::Unavailable,
+        Self::AnchorUnreachable,
     ];
 
     pub fn label(self) -> &'static str {
@@ -34,6 +36,7 @@ impl RejectReason {
             Self::SessionExists => "session-exists",
             Self::TooLarge => "too-large",
             Self::Unavailable => "unavailable",
+            Self::AnchorUnreachable => "anchor-unreachable",
         }
     }
 }
@@ -80,11 +83,9 @@ pub struct Metrics {
     sessions_ended: IntCounterVec,
     media_dropped: IntCounterVec,
     pub draining: IntGauge,
-    // Declared now so dashboards and alerts see the series from day one;
-    // federation fills them.
-    _federation_links: IntGaugeVec,
-    _federation_relay_bytes: IntCounterVec,
-    _federation_rejected: IntCounterVec,
+    federation_links: IntGaugeVec,
+    federation_relay_bytes: IntCounterVec,
+    federation_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -162,6 +163,9 @@ impl Metrics {
         for reason in DropReason::ALL {
             media_dropped.with_label_values(&[reason.label()]);
         }
+        for reason in crate::federation::Rejection::ALL {
+            federation_rejected.with_label_values(&[reason.label()]);
+        }
         Self {
             registry,
             conferences,
@@ -173,14 +177,33 @@ impl Metrics {
             sessions_ended,
             media_dropped,
             draining,
-            _federation_links: federation_links,
-            _federation_relay_bytes: federation_relay_bytes,
-            _federation_rejected: federation_rejected,
+            federation_links,
+            federation_relay_bytes,
+            federation_rejected,
         }
     }
 
     pub fn local_participants(&self) -> IntGauge {
         self.participants.with_label_values(&["local"])
+    }
+
+    pub fn remote_participants(&self) -> IntGauge {
+        self.participants.with_label_values(&["remote"])
+    }
+
+    pub fn federation_rejected(&self, reason: &str) {
+        self.federation_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Marks the link to `peer_domain` as `state` (`up`, `down`, `connecting`).
+    pub fn link_state(&self, peer_domain: &str, state: &str) {
+        for s in ["up", "down", "connecting"] {
+            self.federation_links.with_label_values(&[peer_domain, s]).set(i64::from(s == state));
+        }
+    }
+
+    pub fn relay_bytes(&self, peer_domain: &str, direction: &str) -> IntCounter {
+        self.federation_relay_bytes.with_label_values(&[peer_domain, direction])
     }
 
     pub fn rejected(&self, reason: RejectReason) {

@@ -14,6 +14,7 @@ use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::edge::{self, EdgeHandle};
+use crate::federation::{Federation, Listening};
 use crate::metrics::Metrics;
 use crate::signalling::{self, Signalling};
 use crate::tls::{self, TlsError};
@@ -24,6 +25,8 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
     #[error("signalling TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("federation: {0}")]
+    Federation(#[from] crate::federation::StartError),
 }
 
 /// A running SFT and where it listens (ports resolved when 0 was asked for).
@@ -31,6 +34,8 @@ pub struct Server {
     pub signalling_addr: SocketAddr,
     pub media_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// Where federation listens, when it is on.
+    pub federation: Option<Listening>,
     pub drain: Arc<Drain>,
     pub metrics: Arc<Metrics>,
     edge: EdgeHandle,
@@ -51,6 +56,14 @@ impl Server {
             source,
         })?;
 
+        let (federation, federation_addrs) = match &config.federation {
+            Some(federation_config) => {
+                let (federation, listening) =
+                    Federation::start(&config.domain, federation_config, edge.clone(), metrics.clone()).await?;
+                (Some(federation), Some(listening))
+            }
+            None => (None, None),
+        };
         let signalling_listener = bind("signalling", config.signalling.listen).await?;
         let signalling_addr = signalling_listener.local_addr().expect("bound socket has an address");
         let signalling_state = Arc::new(Signalling {
@@ -60,6 +73,7 @@ impl Server {
             allow_origin: config.signalling.allow_origin.clone(),
             metrics: metrics.clone(),
             drain: drain.clone(),
+            federation,
         });
         let signalling_router = signalling::router(signalling_state);
         match signalling_tls {
@@ -72,7 +86,7 @@ impl Server {
         let admin_state = Arc::new(Admin { metrics: metrics.clone(), drain: drain.clone() });
         tokio::spawn(serve(metrics_listener, admin::router(admin_state)));
 
-        Ok(Self { signalling_addr, media_addr, metrics_addr, drain, metrics, edge })
+        Ok(Self { signalling_addr, media_addr, metrics_addr, federation: federation_addrs, drain, metrics, edge })
     }
 
     /// Starts draining and waits until every session has ended or `timeout`

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::ids::{Identity, Layer, MediaKind, ParticipantId, SlotRef, StreamKey};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{Identity, Layer, LinkId, MediaKind, Origin, ParticipantId, SlotRef, StreamKey};
 use super::keyframe::KeyframeThrottle;
 use super::messages::{ParticipantInfo, ServerMessage, SlotInfo, SpeakerInfo, StreamRequest};
 use super::rewrite::SlotRewriter;
@@ -30,6 +32,8 @@ pub struct ConferenceConfig {
     pub layer_timeout: Duration,
     /// How many speakers a SPEAKERS message lists at most.
     pub max_speakers: usize,
+    /// How long the participants of a lost relay link stay before they leave.
+    pub link_timeout: Duration,
 }
 
 impl Default for ConferenceConfig {
@@ -39,6 +43,7 @@ impl Default for ConferenceConfig {
             keyframe_interval: Duration::from_millis(300),
             layer_timeout: Duration::from_secs(2),
             max_speakers: 5,
+            link_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -66,6 +71,32 @@ pub struct IncomingRtp {
     pub audio_level: Option<u8>,
 }
 
+/// One participant as a relay link announces it: `id` is in the namespace of
+/// the SFT that sends the roster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterEntry {
+    pub id: u64,
+    pub identity: Identity,
+    pub audio: bool,
+    pub layers: Vec<Layer>,
+}
+
+/// Where one published packet goes.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// Into these local receive slots.
+    pub slots: Vec<Forward>,
+    /// Over these relay links, once each.
+    pub links: Vec<LinkId>,
+}
+
+impl Routes {
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.links.clear();
+    }
+}
+
 /// Send the packet into `receiver`'s `slot` with these numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward {
@@ -79,8 +110,12 @@ pub struct Forward {
 pub enum Output {
     /// Send this message on the participant's `sft` data channel.
     Send { to: ParticipantId, message: ServerMessage },
-    /// Ask the publisher of this stream for a keyframe (PLI).
+    /// Ask the publisher of this stream for a keyframe (PLI); for a remote
+    /// publisher, over its relay link.
     RequestKeyframe(StreamKey),
+    /// Tell the SFT at the other end of `link` who is in the conference here
+    /// (everyone except the participants that link brought).
+    Roster { link: LinkId, participants: Vec<RosterEntry> },
 }
 
 #[derive(Debug)]
@@ -93,11 +128,15 @@ pub struct Conference {
     announced_speakers: Vec<ParticipantId>,
     next_tick: Option<Instant>,
     outputs: VecDeque<Output>,
+    /// Relay links attached to this conference, with when each was lost
+    /// (`None` while it is up).
+    links: BTreeMap<LinkId, Option<Instant>>,
 }
 
 #[derive(Debug)]
 struct Participant {
     identity: Identity,
+    origin: Origin,
     publishes_audio: bool,
     video_layers: Vec<Layer>,
     audio_slots: Vec<Slot>,
@@ -140,23 +179,42 @@ impl Conference {
             announced_speakers: Vec::new(),
             next_tick: None,
             outputs: VecDeque::new(),
+            links: BTreeMap::new(),
         }
     }
 
+    /// No participants here and no relay link: the conference can go.
     pub fn is_empty(&self) -> bool {
-        self.participants.is_empty()
+        self.participants.is_empty() && self.links.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.participants.len()
+    /// Participants on this SFT and on others.
+    pub fn counts(&self) -> (usize, usize) {
+        let local = self.participants.values().filter(|p| p.origin == Origin::Local).count();
+        (local, self.participants.len() - local)
+    }
+
+    pub fn origin(&self, id: ParticipantId) -> Option<Origin> {
+        self.participants.get(&id).map(|p| p.origin)
+    }
+
+    /// The participant a relay link calls `remote_id`.
+    pub fn remote_participant(&self, link: LinkId, remote_id: u64) -> Option<ParticipantId> {
+        let origin = Origin::Remote { link, remote_id };
+        self.participants.iter().find(|(_, p)| p.origin == origin).map(|(id, _)| *id)
     }
 
     pub fn add_participant(&mut self, now: Instant, id: ParticipantId, spec: ParticipantSpec) {
+        self.insert_participant(now, id, spec, Origin::Local);
+    }
+
+    fn insert_participant(&mut self, now: Instant, id: ParticipantId, spec: ParticipantSpec, origin: Origin) {
         let mut video_layers = spec.video_layers;
         video_layers.sort();
         video_layers.dedup();
         let participant = Participant {
             identity: spec.identity,
+            origin,
             publishes_audio: spec.publishes_audio,
             video_layers,
             audio_slots: spec.audio_slot_mids.into_iter().map(|m| Slot::new(m, AUDIO_CLOCK_RATE)).collect(),
@@ -191,7 +249,7 @@ impl Conference {
                 }
             }
         }
-        if self.participants.is_empty() {
+        if self.participants.is_empty() && self.links.is_empty() {
             self.next_tick = None;
         }
         self.reselect_all(now);
@@ -199,13 +257,89 @@ impl Conference {
         true
     }
 
-    /// Routes one published packet: appends a [`Forward`] to `out` for every
-    /// slot that carries it. Allocates nothing.
-    pub fn handle_rtp(&mut self, now: Instant, packet: &IncomingRtp, out: &mut Vec<Forward>) {
+    /// A relay link joined this conference (or came back): it gets the roster.
+    pub fn attach_link(&mut self, now: Instant, link: LinkId) {
+        self.links.insert(link, None);
+        self.next_tick.get_or_insert(now + self.config.speaker_interval);
+        self.send_roster(link);
+    }
+
+    /// A relay link dropped; its participants stay for `link_timeout` in
+    /// case it comes back.
+    pub fn link_lost(&mut self, now: Instant, link: LinkId) {
+        if let Some(lost) = self.links.get_mut(&link) {
+            lost.get_or_insert(now);
+        }
+    }
+
+    /// A relay link left for good: its participants leave now.
+    pub fn detach_link(&mut self, now: Instant, link: LinkId) {
+        self.links.remove(&link);
+        let gone: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| matches!(p.origin, Origin::Remote { link: l, .. } if l == link))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.remove_participant(now, id);
+        }
+    }
+
+    /// The SFT behind `link` says who is in the conference there. New ids
+    /// get a participant id from `next_id`.
+    pub fn handle_roster(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        entries: Vec<RosterEntry>,
+        mut next_id: impl FnMut() -> ParticipantId,
+    ) {
+        if !self.links.contains_key(&link) {
+            return;
+        }
+        let announced: Vec<u64> = entries.iter().map(|e| e.id).collect();
+        let gone: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| matches!(p.origin, Origin::Remote { link: l, remote_id } if l == link && !announced.contains(&remote_id)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.remove_participant(now, id);
+        }
+        for entry in entries {
+            if self.remote_participant(link, entry.id).is_some() {
+                continue;
+            }
+            let spec = ParticipantSpec {
+                identity: entry.identity,
+                publishes_audio: entry.audio,
+                video_layers: entry.layers,
+                audio_slot_mids: Vec::new(),
+                video_slot_mids: Vec::new(),
+            };
+            self.insert_participant(now, next_id(), spec, Origin::Remote { link, remote_id: entry.id });
+        }
+    }
+
+    /// Routes one published packet: into every local slot that carries it,
+    /// and over every relay link other than the one it came from. Allocates
+    /// nothing once `out` has grown to size.
+    pub fn handle_rtp(&mut self, now: Instant, packet: &IncomingRtp, out: &mut Routes) {
         let source = packet.stream;
         let Some(publisher) = self.participants.get_mut(&source.participant) else {
             return;
         };
+        let arrived_over = match publisher.origin {
+            Origin::Local => None,
+            Origin::Remote { link, .. } => Some(link),
+        };
+        for (&link, lost) in &self.links {
+            if lost.is_none() && Some(link) != arrived_over {
+                out.links.push(link);
+            }
+        }
         if let Some(layer) = source.layer {
             publisher.layer_seen[layer.index()] = Some(now);
         }
@@ -236,7 +370,7 @@ impl Conference {
                 }
                 if let Some((seq, timestamp)) = slot.rewriter.rewrite(now, packet.seq, packet.timestamp) {
                     let slot = SlotRef { kind: source.kind, index };
-                    out.push(Forward { receiver: receiver_id, slot, seq, timestamp });
+                    out.slots.push(Forward { receiver: receiver_id, slot, seq, timestamp });
                 }
             }
         }
@@ -280,6 +414,7 @@ impl Conference {
             return;
         }
         self.next_tick = Some(now + self.config.speaker_interval);
+        self.expire_lost_links(now);
         self.rank_speakers(now);
         self.reselect_all(now);
         self.rerequest_pending_keyframes(now);
@@ -288,6 +423,34 @@ impl Conference {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    fn expire_lost_links(&mut self, now: Instant) {
+        let timeout = self.config.link_timeout;
+        let expired: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, lost)| lost.is_some_and(|t| now.saturating_duration_since(t) >= timeout))
+            .map(|(link, _)| *link)
+            .collect();
+        for link in expired {
+            self.detach_link(now, link);
+        }
+    }
+
+    fn send_roster(&mut self, link: LinkId) {
+        let participants = self
+            .participants
+            .iter()
+            .filter(|(_, p)| !matches!(p.origin, Origin::Remote { link: l, .. } if l == link))
+            .map(|(id, p)| RosterEntry {
+                id: id.0,
+                identity: p.identity.clone(),
+                audio: p.publishes_audio,
+                layers: p.video_layers.clone(),
+            })
+            .collect();
+        self.outputs.push_back(Output::Roster { link, participants });
     }
 
     fn rank_speakers(&mut self, now: Instant) {
@@ -318,7 +481,8 @@ impl Conference {
                 })
             })
             .collect();
-        for &to in self.participants.keys() {
+        let local = self.participants.iter().filter(|(_, p)| p.origin == Origin::Local).map(|(id, _)| *id);
+        for to in local.collect::<Vec<_>>() {
             let message = ServerMessage::Speakers { speakers: speakers.clone() };
             self.outputs.push_back(Output::Send { to, message });
         }
@@ -432,15 +596,22 @@ impl Conference {
         }
     }
 
+    /// Membership changed: every local client gets CONFPART, every link the roster.
     fn announce_to_all(&mut self) {
         for participant in self.participants.values_mut() {
-            participant.slots_changed = true;
+            participant.slots_changed = participant.origin == Origin::Local;
         }
         self.announce_changed_slots();
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.send_roster(link);
+        }
     }
 
     fn announce_changed_slots(&mut self) {
-        let participants: Vec<ParticipantInfo> = self.participants.values().map(Participant::info).collect();
+        // Sorted by identity, so every SFT of a federated conference lists them alike.
+        let mut participants: Vec<ParticipantInfo> = self.participants.values().map(Participant::info).collect();
+        participants.sort_by(|a, b| (&a.domain, &a.userid, &a.clientid).cmp(&(&b.domain, &b.userid, &b.clientid)));
         let changed: Vec<ParticipantId> =
             self.participants.iter().filter(|(_, p)| p.slots_changed).map(|(id, _)| *id).collect();
         for id in changed {

@@ -20,6 +20,25 @@ impl fmt::Display for ParticipantId {
     }
 }
 
+/// A relay link to another SFT, numbered by the federation layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId(pub u32);
+
+impl fmt::Display for LinkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "link{}", self.0)
+    }
+}
+
+/// Where a participant's client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// On this SFT.
+    Local,
+    /// On another SFT, reached over `link`, which calls it `remote_id`.
+    Remote { link: LinkId, remote_id: u64 },
+}
+
 /// A conference id as the contract allows it: 1 to 128 of `[A-Za-z0-9._~-]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConfId(String);

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::conference::{Conference, ConferenceConfig, Forward, IncomingRtp, Output, ParticipantSpec};
-use super::ids::{Identity, Layer, MediaKind, ParticipantId, SlotRef, StreamKey};
+use super::conference::{
+    Conference, ConferenceConfig, Forward, IncomingRtp, Output, ParticipantSpec, RosterEntry, Routes,
+};
+use super::ids::{Identity, Layer, LinkId, MediaKind, Origin, ParticipantId, SlotRef, StreamKey};
 use super::messages::{Quality, ServerMessage, StreamRequest};
 
 fn spec(name: &str, layers: &[Layer], slots: usize) -> ParticipantSpec {
@@ -28,6 +30,7 @@ struct Sim {
     now: Instant,
     seqs: HashMap<StreamKey, u64>,
     forwards: Vec<Forward>,
+    links: Vec<LinkId>,
     outputs: Vec<Output>,
 }
 
@@ -38,6 +41,7 @@ impl Sim {
             now: Instant::now(),
             seqs: HashMap::new(),
             forwards: Vec::new(),
+            links: Vec::new(),
             outputs: Vec::new(),
         }
     }
@@ -51,11 +55,12 @@ impl Sim {
         let seq = self.seqs.entry(stream).or_insert(1000 * stream.participant.0);
         *seq += 1;
         let packet = IncomingRtp { stream, seq: *seq, timestamp: (*seq as u32) * 3000, keyframe, audio_level };
-        let mut out = Vec::new();
-        self.conf.handle_rtp(self.now, &packet, &mut out);
-        self.forwards.extend(out.iter().copied());
+        let mut routes = Routes::default();
+        self.conf.handle_rtp(self.now, &packet, &mut routes);
+        self.forwards.extend(routes.slots.iter().copied());
+        self.links.extend(routes.links.iter().copied());
         self.drain();
-        out
+        routes.slots
     }
 
     fn advance(&mut self, by: Duration) {
@@ -331,4 +336,111 @@ fn random_conferences_keep_invariants() {
             sim.drain();
         }
     }
+}
+
+fn roster_entry(id: u64, name: &str, domain: &str) -> RosterEntry {
+    RosterEntry {
+        id,
+        identity: Identity { userid: name.into(), clientid: "c".into(), domain: domain.into() },
+        audio: true,
+        layers: SIMULCAST.to_vec(),
+    }
+}
+
+impl Sim {
+    fn rosters(&self, link: LinkId) -> Vec<Vec<String>> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Roster { link: l, participants } if *l == link => {
+                    Some(participants.iter().map(|p| p.identity.userid.clone()).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn anchor_relays_between_links_and_tells_each_link_the_others() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("local", &SIMULCAST, 3));
+    let (b, c) = (LinkId(1), LinkId(2));
+    sim.conf.attach_link(sim.now, b);
+    sim.conf.attach_link(sim.now, c);
+    let mut next = 100;
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(7, "bob", "b.example")], || {
+        next += 1;
+        ParticipantId(next)
+    });
+    sim.conf.handle_roster(sim.now, c, vec![roster_entry(7, "carol", "c.example")], || {
+        next += 1;
+        ParticipantId(next)
+    });
+    sim.drain();
+    // Each link hears of everyone but its own participants.
+    assert_eq!(sim.rosters(b).last().unwrap(), &vec!["local".to_string(), "carol".to_string()]);
+    assert_eq!(sim.rosters(c).last().unwrap(), &vec!["local".to_string(), "bob".to_string()]);
+    let bob = sim.conf.remote_participant(b, 7).unwrap();
+    assert_eq!(sim.conf.origin(bob), Some(Origin::Remote { link: b, remote_id: 7 }));
+    assert_eq!(sim.conf.counts(), (1, 2));
+    // The local client sees all three, sorted by identity.
+    let Some(ServerMessage::ConfPart { participants, .. }) = sim.last_confpart(1) else { panic!() };
+    let names: Vec<&str> = participants.iter().map(|p| p.domain.as_str()).collect();
+    assert_eq!(names, vec!["a.example", "b.example", "c.example"]);
+
+    // Bob's packet goes to the local slot and to link c only; the local one to both links.
+    sim.links.clear();
+    let forwards = sim.send(StreamKey::video(bob, Layer::Low), true, None);
+    assert_eq!(sim.links, vec![c]);
+    assert!(forwards.is_empty(), "the local receiver gets h, not l");
+    sim.links.clear();
+    sim.send(StreamKey::video(ParticipantId(1), Layer::High), true, None);
+    assert_eq!(sim.links, vec![b, c]);
+}
+
+#[test]
+fn lost_link_participants_leave_after_the_timeout_unless_it_returns() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("local", &[Layer::High], 1));
+    let b = LinkId(1);
+    sim.conf.attach_link(sim.now, b);
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(7, "bob", "b.example")], || ParticipantId(50));
+    sim.drain();
+    assert_eq!(sim.conf.counts(), (1, 1));
+    sim.conf.link_lost(sim.now, b);
+    sim.advance(Duration::from_secs(5));
+    assert_eq!(sim.conf.counts(), (1, 1), "still there within the timeout");
+    sim.conf.attach_link(sim.now, b);
+    sim.advance(Duration::from_secs(10));
+    assert_eq!(sim.conf.counts(), (1, 1), "the link came back");
+    sim.conf.link_lost(sim.now, b);
+    for _ in 0..40 {
+        sim.advance(Duration::from_millis(300));
+    }
+    assert_eq!(sim.conf.counts(), (1, 0));
+    let Some(ServerMessage::ConfPart { participants, .. }) = sim.last_confpart(1) else { panic!() };
+    assert_eq!(participants.len(), 1);
+    assert!(!sim.conf.is_empty(), "the link is still attached");
+}
+
+#[test]
+fn a_roster_without_someone_removes_them() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("local", &[], 1));
+    let b = LinkId(3);
+    sim.conf.attach_link(sim.now, b);
+    let mut next = 10;
+    let mut ids = || {
+        next += 1;
+        ParticipantId(next)
+    };
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(1, "x", "b"), roster_entry(2, "y", "b")], &mut ids);
+    assert_eq!(sim.conf.counts(), (1, 2));
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(2, "y", "b")], &mut ids);
+    assert_eq!(sim.conf.counts(), (1, 1));
+    assert!(sim.conf.remote_participant(b, 1).is_none());
+    // A roster from a link that is not attached is ignored.
+    sim.conf.handle_roster(sim.now, LinkId(9), vec![roster_entry(5, "z", "c")], &mut ids);
+    assert_eq!(sim.conf.counts(), (1, 1));
 }

@@ -2,6 +2,7 @@
 //! m-lines and the core's streams and slots.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::channel::ChannelId;
@@ -17,6 +18,23 @@ use super::offer::OfferSummary;
 
 /// The data channel label of contract section 3.2.
 pub const CHANNEL_LABEL: &str = "sft";
+
+/// One packet on its way into receive slots, from a local publisher or a
+/// relay link: everything a slot needs, with the payload shared, not copied.
+pub struct Media {
+    pub stream: StreamKey,
+    pub codec: Codec,
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub keyframe: bool,
+    /// RFC 6464: 0 loudest, 127 silence.
+    pub audio_level: Option<u8>,
+    pub voice_activity: bool,
+    pub payload: Arc<[u8]>,
+    /// When it reached this SFT.
+    pub received: Instant,
+}
 
 /// How a received SSRC maps to the core's view, learned on its first packet.
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +146,7 @@ impl Client {
 
     /// Writes a forwarded packet into one of this client's receive slots.
     /// Returns false when the slot cannot carry the codec.
-    pub fn write_rtp(&mut self, slot: SlotRef, seq: u64, timestamp: u32, packet: &RtpPacket, codec: Codec) -> bool {
+    pub fn write_rtp(&mut self, slot: SlotRef, seq: u64, timestamp: u32, media: &Media) -> bool {
         let slots = match slot.kind {
             MediaKind::Audio => &self.audio_slots,
             MediaKind::Video => &self.video_slots,
@@ -136,23 +154,23 @@ impl Client {
         let Some(tx) = slots.get(slot.index) else {
             return false;
         };
-        let Some((_, params)) = tx.payload_types.iter().find(|(c, _)| *c == codec) else {
+        let Some((_, params)) = tx.payload_types.iter().find(|(c, _)| *c == media.codec) else {
             return false;
         };
         let pt = params.pt();
         let ssrc = tx.ssrc;
-        let source_ext = &packet.header.ext_vals;
         let ext_vals = ExtensionValues {
-            audio_level: source_ext.audio_level,
-            voice_activity: source_ext.voice_activity,
+            // str0m keeps RFC 6464 levels as negative dBov.
+            audio_level: media.audio_level.map(|level| -(level.min(127) as i8)),
+            voice_activity: media.audio_level.map(|_| media.voice_activity),
             ..Default::default()
         };
         let mut api = self.rtc.direct_api();
         let Some(stream) = api.stream_tx(&ssrc) else {
             return false;
         };
-        let write = RtpWrite::new(pt, seq.into(), timestamp, packet.timestamp, packet.payload.clone())
-            .marker(packet.header.marker)
+        let write = RtpWrite::new(pt, seq.into(), timestamp, media.received, media.payload.clone())
+            .marker(media.marker)
             .ext_vals(ext_vals)
             .nackable(slot.kind == MediaKind::Video);
         stream.write_rtp(write);

@@ -16,14 +16,16 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, Limits};
 use crate::core::conference::{
-    Conference, ConferenceConfig, Forward, IncomingRtp, Output as CoreOutput, ParticipantSpec,
+    Conference, ConferenceConfig, IncomingRtp, Output as CoreOutput, ParticipantSpec, Routes,
 };
-use crate::core::ids::{ConferenceKey, MediaKind, ParticipantId};
+use crate::core::ids::{ConfId, ConferenceKey, Layer, LinkId, MediaKind, Origin, ParticipantId, StreamKey};
 use crate::core::keyframe::is_vp8_keyframe;
 use crate::core::messages::ClientMessage;
+use crate::federation::framing::{Control, MediaFrame};
 use crate::metrics::{DropReason, Metrics};
 
-use super::client::Client;
+use super::client::{Client, Media};
+use super::links::{relay_codec, str0m_codec, Channels, Link};
 use super::offer::{self, OfferSummary};
 use super::udp::{Datagram, MediaSocket};
 use super::{Command, JoinError, JoinRequest};
@@ -46,12 +48,14 @@ pub struct EdgeStats {
 pub(super) struct Driver {
     socket: MediaSocket,
     public_addr: SocketAddr,
+    domain: String,
+    conference_config: ConferenceConfig,
     idle_timeout: Duration,
     limits: Limits,
     metrics: Arc<Metrics>,
     clients: HashMap<ParticipantId, Client>,
     by_addr: HashMap<SocketAddr, ParticipantId>,
-    sessions: HashMap<(ConferenceKey, String), ParticipantId>,
+    sessions: HashMap<(ConfId, String), ParticipantId>,
     /// Conferences by a process-local number, so the packet path looks them
     /// up without touching (or cloning) the string key.
     conferences: HashMap<u64, Conference>,
@@ -59,9 +63,15 @@ pub(super) struct Driver {
     next_participant: u64,
     next_conference: u64,
     next_idle_sweep: Instant,
+    links: HashMap<LinkId, Link>,
+    channels: Channels,
+    /// For conferences this SFT joined as a federated node: how to attach
+    /// them again when their link comes back, by (link, channel).
+    attachments: HashMap<(LinkId, u32), (String, String)>,
     // Buffers reused on every wake-up so the packet path does not allocate.
     events: Vec<(ParticipantId, Event)>,
-    forwards: Vec<Forward>,
+    routes: Routes,
+    relay_buffer: Vec<u8>,
     outgoing: Vec<Datagram>,
     dirty: Vec<ParticipantId>,
     ended: Vec<(ParticipantId, &'static str)>,
@@ -69,9 +79,18 @@ pub(super) struct Driver {
 
 impl Driver {
     pub(super) fn new(socket: MediaSocket, public_addr: SocketAddr, config: &Config, metrics: Arc<Metrics>) -> Self {
+        let conference_config = ConferenceConfig {
+            link_timeout: config
+                .federation
+                .as_ref()
+                .map_or(ConferenceConfig::default().link_timeout, |f| f.link_timeout),
+            ..ConferenceConfig::default()
+        };
         Self {
             socket,
             public_addr,
+            domain: config.domain.clone(),
+            conference_config,
             idle_timeout: config.media.idle_timeout,
             limits: config.limits,
             metrics,
@@ -83,8 +102,12 @@ impl Driver {
             next_participant: 1,
             next_conference: 1,
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
+            links: HashMap::new(),
+            channels: Channels::default(),
+            attachments: HashMap::new(),
             events: Vec::new(),
-            forwards: Vec::new(),
+            routes: Routes::default(),
+            relay_buffer: Vec::new(),
             outgoing: Vec::new(),
             dirty: Vec::new(),
             ended: Vec::new(),
@@ -125,8 +148,8 @@ impl Driver {
                 let result = self.join(Instant::now(), request);
                 let _ = reply.send(result);
             }
-            Command::Leave { conference, sessid, reply } => {
-                let id = self.sessions.get(&(conference, sessid)).copied();
+            Command::Leave { conf_id, sessid, reply } => {
+                let id = self.sessions.get(&(conf_id, sessid)).copied();
                 if let Some(id) = id {
                     self.ended.push((id, "delete"));
                 }
@@ -135,11 +158,17 @@ impl Driver {
             Command::Stats { reply } => {
                 let _ = reply.send(EdgeStats { participants: self.clients.len(), conferences: self.conferences.len() });
             }
+            Command::LinkUp { link, peer_domain, connection, control } => {
+                self.link_up(link, peer_domain, connection, control)
+            }
+            Command::LinkDown { link } => self.link_down(link),
+            Command::RelayDatagram { link, datagram } => self.relay_datagram(link, &datagram),
+            Command::RelayControl { link, message } => self.relay_control(link, message),
         }
     }
 
     fn join(&mut self, now: Instant, request: JoinRequest) -> Result<String, JoinError> {
-        let session_key = (request.conference.clone(), request.sessid.clone());
+        let session_key = (request.conference.conf_id.clone(), request.sessid.clone());
         if self.sessions.contains_key(&session_key) {
             return Err(JoinError::SessionExists(request.sessid));
         }
@@ -147,7 +176,7 @@ impl Driver {
             return Err(JoinError::AtCapacity("this SFT is at its participant limit"));
         }
         let existing = self.conference_numbers.get(&request.conference).and_then(|n| self.conferences.get(n));
-        if existing.is_some_and(|c| c.len() >= self.limits.max_conference_size) {
+        if existing.is_some_and(|c| c.counts().0 + c.counts().1 >= self.limits.max_conference_size) {
             return Err(JoinError::AtCapacity("the conference is full"));
         }
         let summary = offer::inspect(&request.offer_sdp).map_err(|e| JoinError::BadOffer(e.to_string()))?;
@@ -168,16 +197,20 @@ impl Driver {
 
         let id = ParticipantId(self.next_participant);
         self.next_participant += 1;
-        let number = match self.conference_numbers.get(&request.conference) {
-            Some(number) => *number,
-            None => {
-                let number = self.next_conference;
-                self.next_conference += 1;
-                self.conference_numbers.insert(request.conference.clone(), number);
-                self.conferences.insert(number, Conference::new(ConferenceConfig::default()));
-                number
+        let (number, created) = self.conference_number(&request.conference);
+        if let (true, Some((link, token))) = (created, request.anchor_link) {
+            // Federated: our number is the channel; the anchor learns it from Attach.
+            let channel = number as u32;
+            self.channels.insert(link, channel, number);
+            let conf_id = request.conference.conf_id.as_str().to_owned();
+            self.attachments.insert((link, channel), (conf_id.clone(), token.clone()));
+            if let Some(l) = self.links.get(&link) {
+                l.send_control(Control::Attach { channel, conf_id, relay_token: token });
             }
-        };
+            if let Some(conference) = self.conferences.get_mut(&number) {
+                conference.attach_link(now, link);
+            }
+        }
         let client = Client::new(id, request.conference.clone(), number, request.sessid, rtc, &summary, now);
         self.clients.insert(id, client);
         self.sessions.insert(session_key, id);
@@ -189,6 +222,18 @@ impl Driver {
         self.update_gauges();
         tracing::info!(participant = %id, conf = %request.conference.conf_id, "joined");
         Ok(answer.to_sdp_string())
+    }
+
+    /// The driver's number for a conference, creating it when new.
+    fn conference_number(&mut self, key: &ConferenceKey) -> (u64, bool) {
+        if let Some(number) = self.conference_numbers.get(key) {
+            return (*number, false);
+        }
+        let number = self.next_conference;
+        self.next_conference += 1;
+        self.conference_numbers.insert(key.clone(), number);
+        self.conferences.insert(number, Conference::new(self.conference_config.clone()));
+        (number, true)
     }
 
     fn receive(&mut self) {
@@ -234,6 +279,7 @@ impl Driver {
                 conference.handle_timeout(now);
             }
             self.drain_conference(number);
+            self.remove_if_empty(number);
         }
         if now >= self.next_idle_sweep {
             self.next_idle_sweep = now + IDLE_SWEEP;
@@ -333,22 +379,44 @@ impl Driver {
         }
     }
 
-    /// The packet path: one packet in, a write into every slot that carries it.
+    /// A packet from a local publisher.
     fn route_rtp(&mut self, now: Instant, source: ParticipantId, packet: &RtpPacket) {
         let Some(client) = self.clients.get_mut(&source) else { return };
         let Some((stream, codec)) = client.classify(packet) else { return };
-        let keyframe = stream.kind == MediaKind::Video && codec == Codec::Vp8 && is_vp8_keyframe(&packet.payload);
-        let audio_level = packet.header.ext_vals.audio_level.map(|level| level.unsigned_abs().min(127));
-        let incoming =
-            IncomingRtp { stream, seq: *packet.seq_no, timestamp: packet.header.timestamp, keyframe, audio_level };
         let number = client.conference_number;
+        let media = Media {
+            stream,
+            codec,
+            seq: *packet.seq_no,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            keyframe: stream.kind == MediaKind::Video && codec == Codec::Vp8 && is_vp8_keyframe(&packet.payload),
+            audio_level: packet.header.ext_vals.audio_level.map(|level| level.unsigned_abs().min(127)),
+            voice_activity: packet.header.ext_vals.voice_activity.unwrap_or(false),
+            payload: packet.payload.clone(),
+            received: now,
+        };
+        self.route_media(now, number, &media);
+    }
+
+    /// The packet path: one packet in, a write into every slot that carries
+    /// it and one frame onto every relay link it must cross.
+    fn route_media(&mut self, now: Instant, number: u64, media: &Media) {
         let Some(conference) = self.conferences.get_mut(&number) else { return };
-        conference.handle_rtp(now, &incoming, &mut self.forwards);
-        for forward in self.forwards.drain(..) {
+        let incoming = IncomingRtp {
+            stream: media.stream,
+            seq: media.seq,
+            timestamp: media.timestamp,
+            keyframe: media.keyframe,
+            audio_level: media.audio_level,
+        };
+        self.routes.clear();
+        conference.handle_rtp(now, &incoming, &mut self.routes);
+        for forward in self.routes.slots.drain(..) {
             let Some(receiver) = self.clients.get_mut(&forward.receiver) else { continue };
-            if receiver.write_rtp(forward.slot, forward.seq, forward.timestamp, packet, codec) {
+            if receiver.write_rtp(forward.slot, forward.seq, forward.timestamp, media) {
                 self.metrics.rtp_packets_forwarded.inc();
-                self.metrics.rtp_bytes_forwarded.inc_by(packet.payload.len() as u64);
+                self.metrics.rtp_bytes_forwarded.inc_by(media.payload.len() as u64);
                 if !receiver.dirty {
                     receiver.dirty = true;
                     self.dirty.push(forward.receiver);
@@ -357,25 +425,207 @@ impl Driver {
                 self.metrics.dropped(DropReason::NoCodec);
             }
         }
+        if let Some(codec) = relay_codec(media.codec) {
+            for link in self.routes.links.drain(..) {
+                let (Some(channel), Some(l)) = (self.channels.channel(number, link), self.links.get(&link)) else {
+                    continue;
+                };
+                let frame = MediaFrame {
+                    channel,
+                    publisher: media.stream.participant.0,
+                    kind: media.stream.kind,
+                    layer: media.stream.layer,
+                    codec,
+                    marker: media.marker,
+                    keyframe: media.keyframe,
+                    audio_level: media.audio_level,
+                    voice_activity: media.voice_activity,
+                    seq: media.seq,
+                    timestamp: media.timestamp,
+                    payload: &media.payload,
+                };
+                l.send_media(&frame, &mut self.relay_buffer);
+            }
+        }
         self.drain_conference(number);
+    }
+
+    fn link_up(
+        &mut self,
+        link: LinkId,
+        peer_domain: String,
+        connection: quinn::Connection,
+        control: tokio::sync::mpsc::Sender<Control>,
+    ) {
+        let now = Instant::now();
+        let bytes_out = self.metrics.relay_bytes(&peer_domain, "out");
+        let entry =
+            self.links.entry(link).or_insert_with(|| Link { peer_domain, connection: None, control: None, bytes_out });
+        entry.connection = Some(connection);
+        entry.control = Some(control);
+        // A federated node re-attaches its conferences; the anchor re-sends rosters.
+        for (number, channel) in self.channels.on_link(link) {
+            if let (Some((conf_id, token)), Some(l)) = (self.attachments.get(&(link, channel)), self.links.get(&link)) {
+                l.send_control(Control::Attach { channel, conf_id: conf_id.clone(), relay_token: token.clone() });
+            }
+            if let Some(conference) = self.conferences.get_mut(&number) {
+                conference.attach_link(now, link);
+            }
+            self.drain_conference(number);
+        }
+    }
+
+    fn link_down(&mut self, link: LinkId) {
+        let now = Instant::now();
+        if let Some(l) = self.links.get_mut(&link) {
+            l.connection = None;
+            l.control = None;
+        }
+        for (number, _) in self.channels.on_link(link) {
+            if let Some(conference) = self.conferences.get_mut(&number) {
+                conference.link_lost(now, link);
+            }
+        }
+    }
+
+    fn relay_datagram(&mut self, link: LinkId, datagram: &[u8]) {
+        let now = Instant::now();
+        let Ok(frame) = MediaFrame::decode(datagram) else {
+            self.metrics.dropped(DropReason::Malformed);
+            return;
+        };
+        let Some(number) = self.channels.conference(link, frame.channel) else { return };
+        let Some(participant) = self.conferences.get(&number).and_then(|c| c.remote_participant(link, frame.publisher))
+        else {
+            return;
+        };
+        let media = Media {
+            stream: StreamKey { participant, kind: frame.kind, layer: frame.layer },
+            codec: str0m_codec(frame.codec),
+            seq: frame.seq,
+            timestamp: frame.timestamp,
+            marker: frame.marker,
+            keyframe: frame.keyframe,
+            audio_level: frame.audio_level,
+            voice_activity: frame.voice_activity,
+            payload: frame.payload.into(),
+            received: now,
+        };
+        self.route_media(now, number, &media);
+    }
+
+    fn relay_control(&mut self, link: LinkId, message: Control) {
+        let now = Instant::now();
+        match message {
+            Control::Attach { channel, conf_id, .. } => {
+                let Ok(conf_id) = ConfId::parse(&conf_id) else { return };
+                let key = ConferenceKey { anchor_domain: self.domain.clone(), conf_id };
+                let (number, _) = self.conference_number(&key);
+                self.channels.insert(link, channel, number);
+                if let Some(conference) = self.conferences.get_mut(&number) {
+                    conference.attach_link(now, link);
+                }
+                self.drain_conference(number);
+            }
+            Control::Refused { channel, reason } => {
+                tracing::warn!(%link, "anchor refused the conference: {reason}");
+                self.detach(now, link, channel);
+            }
+            Control::Detach { channel } => self.detach(now, link, channel),
+            Control::Roster { channel, participants } => {
+                let Some(number) = self.channels.conference(link, channel) else { return };
+                let Self { conferences, next_participant, .. } = self;
+                if let Some(conference) = conferences.get_mut(&number) {
+                    conference.handle_roster(now, link, participants, || {
+                        *next_participant += 1;
+                        ParticipantId(*next_participant)
+                    });
+                }
+                self.drain_conference(number);
+                self.update_gauges();
+            }
+            Control::Keyframe { channel, publisher, layer } => {
+                let Some(number) = self.channels.conference(link, channel) else { return };
+                let publisher = ParticipantId(publisher);
+                let stream =
+                    StreamKey { participant: publisher, kind: MediaKind::Video, layer: layer.or(Some(Layer::High)) };
+                self.request_keyframe(number, stream);
+            }
+            Control::Hello { .. } => {}
+        }
+    }
+
+    fn detach(&mut self, now: Instant, link: LinkId, channel: u32) {
+        let Some(number) = self.channels.conference(link, channel) else { return };
+        self.channels.remove(link, channel);
+        self.attachments.remove(&(link, channel));
+        if let Some(conference) = self.conferences.get_mut(&number) {
+            conference.detach_link(now, link);
+        }
+        self.drain_conference(number);
+        self.remove_if_empty(number);
+        self.update_gauges();
+    }
+
+    /// Asks a stream's publisher for a keyframe: the client itself, or the
+    /// SFT it is connected to.
+    fn request_keyframe(&mut self, number: u64, stream: StreamKey) {
+        let origin = self.conferences.get(&number).and_then(|c| c.origin(stream.participant));
+        match origin {
+            Some(Origin::Local) => {
+                if let Some(client) = self.clients.get_mut(&stream.participant) {
+                    client.request_keyframe(stream);
+                    if !client.dirty {
+                        client.dirty = true;
+                        self.dirty.push(stream.participant);
+                    }
+                }
+            }
+            Some(Origin::Remote { link, remote_id }) => {
+                if let (Some(channel), Some(l)) = (self.channels.channel(number, link), self.links.get(&link)) {
+                    l.send_control(Control::Keyframe { channel, publisher: remote_id, layer: stream.layer });
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Drops a conference with no participant and no link left.
+    fn remove_if_empty(&mut self, number: u64) {
+        if !self.conferences.get(&number).is_some_and(Conference::is_empty) {
+            return;
+        }
+        self.conferences.remove(&number);
+        self.conference_numbers.retain(|_, n| *n != number);
+        for link in self.channels.links_of(number) {
+            if let Some(channel) = self.channels.channel(number, link) {
+                self.channels.remove(link, channel);
+                self.attachments.remove(&(link, channel));
+            }
+        }
     }
 
     /// Carries out what the conference core asked for.
     fn drain_conference(&mut self, number: u64) {
-        let Some(conference) = self.conferences.get_mut(&number) else { return };
-        while let Some(output) = conference.poll_output() {
-            let (target, action) = match output {
-                CoreOutput::Send { to, message } => (to, Ok(message)),
-                CoreOutput::RequestKeyframe(stream) => (stream.participant, Err(stream)),
-            };
-            let Some(client) = self.clients.get_mut(&target) else { continue };
-            match action {
-                Ok(message) => client.send_message(message),
-                Err(stream) => client.request_keyframe(stream),
-            }
-            if !client.dirty {
-                client.dirty = true;
-                self.dirty.push(target);
+        loop {
+            let Some(conference) = self.conferences.get_mut(&number) else { return };
+            let Some(output) = conference.poll_output() else { return };
+            match output {
+                CoreOutput::Send { to, message } => {
+                    if let Some(client) = self.clients.get_mut(&to) {
+                        client.send_message(message);
+                        if !client.dirty {
+                            client.dirty = true;
+                            self.dirty.push(to);
+                        }
+                    }
+                }
+                CoreOutput::RequestKeyframe(stream) => self.request_keyframe(number, stream),
+                CoreOutput::Roster { link, participants } => {
+                    if let (Some(channel), Some(l)) = (self.channels.channel(number, link), self.links.get(&link)) {
+                        l.send_control(Control::Roster { channel, participants });
+                    }
+                }
             }
         }
     }
@@ -395,23 +645,34 @@ impl Driver {
         for addr in &client.remote_addrs {
             self.by_addr.remove(addr);
         }
-        self.sessions.remove(&(client.conference.clone(), client.sessid.clone()));
+        self.sessions.remove(&(client.conference.conf_id.clone(), client.sessid.clone()));
         let number = client.conference_number;
         if let Some(conference) = self.conferences.get_mut(&number) {
             conference.remove_participant(now, id);
-            self.drain_conference(number);
-            if self.conferences.get(&number).is_some_and(Conference::is_empty) {
-                self.conferences.remove(&number);
-                self.conference_numbers.remove(&client.conference);
+        }
+        self.drain_conference(number);
+        // A federated node whose last client left detaches from the anchor.
+        let no_local = self.conferences.get(&number).is_some_and(|c| c.counts().0 == 0);
+        if no_local && client.conference.anchor_domain != self.domain {
+            for link in self.channels.links_of(number) {
+                if let (Some(channel), Some(l)) = (self.channels.channel(number, link), self.links.get(&link)) {
+                    l.send_control(Control::Detach { channel });
+                }
+                if let Some(channel) = self.channels.channel(number, link) {
+                    self.detach(now, link, channel);
+                }
             }
         }
+        self.remove_if_empty(number);
         self.metrics.ended(cause);
         self.update_gauges();
         tracing::info!(participant = %id, conf = %client.conference.conf_id, cause, "left");
     }
 
     fn update_gauges(&self) {
+        let remote: usize = self.conferences.values().map(|c| c.counts().1).sum();
         self.metrics.local_participants().set(self.clients.len() as i64);
+        self.metrics.remote_participants().set(remote as i64);
         self.metrics.conferences.set(self.conferences.len() as i64);
     }
 }

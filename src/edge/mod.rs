@@ -6,6 +6,7 @@
 
 mod client;
 mod driver;
+mod links;
 pub mod offer;
 mod udp;
 
@@ -16,7 +17,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::core::ids::{ConferenceKey, Identity};
+use crate::core::ids::{ConfId, ConferenceKey, Identity, LinkId};
+use crate::federation::framing::Control;
 use crate::metrics::Metrics;
 
 pub use driver::EdgeStats;
@@ -28,6 +30,9 @@ pub struct JoinRequest {
     pub sessid: String,
     pub identity: Identity,
     pub offer_sdp: String,
+    /// For a conference anchored elsewhere: the relay link to its anchor and
+    /// the token that attaches the conference to it.
+    pub anchor_link: Option<(LinkId, String)>,
 }
 
 #[derive(Debug, Error)]
@@ -44,8 +49,12 @@ pub enum JoinError {
 
 enum Command {
     Join { request: JoinRequest, reply: oneshot::Sender<Result<String, JoinError>> },
-    Leave { conference: ConferenceKey, sessid: String, reply: oneshot::Sender<bool> },
+    Leave { conf_id: ConfId, sessid: String, reply: oneshot::Sender<bool> },
     Stats { reply: oneshot::Sender<EdgeStats> },
+    LinkUp { link: LinkId, peer_domain: String, connection: quinn::Connection, control: mpsc::Sender<Control> },
+    LinkDown { link: LinkId },
+    RelayDatagram { link: LinkId, datagram: bytes::Bytes },
+    RelayControl { link: LinkId, message: Control },
 }
 
 /// The signalling side's handle on the media edge.
@@ -63,12 +72,34 @@ impl EdgeHandle {
     }
 
     /// Ends a session; false if there was none.
-    pub async fn leave(&self, conference: ConferenceKey, sessid: String) -> bool {
+    pub async fn leave(&self, conf_id: ConfId, sessid: String) -> bool {
         let (reply, done) = oneshot::channel();
-        if self.commands.send(Command::Leave { conference, sessid, reply }).await.is_err() {
+        if self.commands.send(Command::Leave { conf_id, sessid, reply }).await.is_err() {
             return false;
         }
         done.await.unwrap_or(false)
+    }
+
+    pub(crate) async fn link_up(
+        &self,
+        link: LinkId,
+        peer_domain: String,
+        connection: quinn::Connection,
+        control: mpsc::Sender<Control>,
+    ) {
+        let _ = self.commands.send(Command::LinkUp { link, peer_domain, connection, control }).await;
+    }
+
+    pub(crate) async fn link_down(&self, link: LinkId) {
+        let _ = self.commands.send(Command::LinkDown { link }).await;
+    }
+
+    pub(crate) async fn relay_datagram(&self, link: LinkId, datagram: bytes::Bytes) {
+        let _ = self.commands.send(Command::RelayDatagram { link, datagram }).await;
+    }
+
+    pub(crate) async fn relay_control(&self, link: LinkId, message: Control) {
+        let _ = self.commands.send(Command::RelayControl { link, message }).await;
     }
 
     pub async fn stats(&self) -> Option<EdgeStats> {
@@ -87,7 +118,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<(EdgeHan
     if public_addr.port() == 0 {
         public_addr.set_port(bound.port());
     }
-    let (commands, receiver) = mpsc::channel(256);
+    let (commands, receiver) = mpsc::channel(4096);
     let driver = driver::Driver::new(socket, public_addr, config, metrics);
     tokio::spawn(driver.run(receiver));
     Ok((EdgeHandle { commands }, bound))

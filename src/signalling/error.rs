@@ -7,6 +7,7 @@ use axum::Json;
 use thiserror::Error;
 
 use crate::edge::JoinError;
+use crate::federation::FederationError;
 use crate::metrics::RejectReason;
 
 /// How long a client should wait before retrying a 503.
@@ -27,6 +28,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(&'static str),
     #[error("{0}")]
+    AnchorUnreachable(String),
+    #[error("{0}")]
     NotFound(String),
 }
 
@@ -39,6 +42,7 @@ impl ApiError {
             Self::SessionExists(_) => (StatusCode::CONFLICT, "session-exists"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::AnchorUnreachable(_) => (StatusCode::BAD_GATEWAY, "anchor-unreachable"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
         }
     }
@@ -52,8 +56,18 @@ impl ApiError {
             Self::SessionExists(_) => RejectReason::SessionExists,
             Self::TooLarge => RejectReason::TooLarge,
             Self::Unavailable(_) => RejectReason::Unavailable,
+            Self::AnchorUnreachable(_) => RejectReason::AnchorUnreachable,
             Self::NotFound(_) => return None,
         })
+    }
+}
+
+impl From<FederationError> for ApiError {
+    fn from(error: FederationError) -> Self {
+        match error {
+            FederationError::Denied(why) => Self::FederationDenied(why),
+            FederationError::Unreachable(why) => Self::AnchorUnreachable(why),
+        }
     }
 }
 

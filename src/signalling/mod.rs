@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::core::ids::{ConfId, ConferenceKey, Identity};
 use crate::drain::Drain;
 use crate::edge::{EdgeHandle, JoinRequest};
+use crate::federation::{Federation, Rejection};
 use crate::metrics::Metrics;
 
 pub use auth::sign as sign_token;
@@ -38,6 +39,8 @@ pub struct Signalling {
     pub allow_origin: Option<Vec<String>>,
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
+    /// `None` while federation is off.
+    pub federation: Option<Arc<Federation>>,
 }
 
 pub fn router(state: Arc<Signalling>) -> Router {
@@ -107,18 +110,24 @@ async fn join(state: &Signalling, conf_id: &str, request: Request) -> Result<ser
         auth::verify(secret, authorization, conf_id.as_str(), &setup.src_userid, now_secs)
             .map_err(|e| ApiError::Unauthorized(e.message()))?;
     }
-    let anchor_domain = match &setup.anchor {
+    let (anchor_domain, anchor_link) = match &setup.anchor {
         Some(anchor) if anchor.domain != state.domain => {
-            return Err(ApiError::FederationDenied(format!(
-                "federation is off on this SFT; cannot join a conference anchored at {:?}",
-                anchor.domain
-            )));
+            let Some(federation) = &state.federation else {
+                state.metrics.federation_rejected(Rejection::FederationDisabled.label());
+                return Err(ApiError::FederationDenied(format!(
+                    "federation is off on this SFT; cannot join a conference anchored at {:?}",
+                    anchor.domain
+                )));
+            };
+            let link = federation.anchor_link(&anchor.domain, conf_id.as_str()).await?;
+            (anchor.domain.clone(), Some(link))
         }
-        _ => state.domain.clone(),
+        _ => (state.domain.clone(), None),
     };
     let conference = ConferenceKey { anchor_domain: anchor_domain.clone(), conf_id: conf_id.clone() };
     let identity = Identity { userid: setup.src_userid, clientid: setup.src_clientid, domain: state.domain.clone() };
-    let request = JoinRequest { conference, sessid: setup.sessid.clone(), identity, offer_sdp: setup.props.sdp };
+    let request =
+        JoinRequest { conference, sessid: setup.sessid.clone(), identity, offer_sdp: setup.props.sdp, anchor_link };
     let answer_sdp = state.edge.join(request).await?;
     Ok(serde_json::json!({
         "version": "3.0",
@@ -166,8 +175,7 @@ async fn leave(
     Path((conf_id, sessid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let conf_id = ConfId::parse(&conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let conference = ConferenceKey { anchor_domain: state.domain.clone(), conf_id };
-    if state.edge.leave(conference, sessid).await {
+    if state.edge.leave(conf_id, sessid).await {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("no such session in this conference".into()))

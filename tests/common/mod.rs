@@ -110,6 +110,8 @@ pub struct PeerOptions {
     pub video_slots: usize,
     /// RFC 6464 level this peer "speaks" at.
     pub audio_level: u8,
+    /// The anchor domain to name in SETUP, for a federated conference.
+    pub anchor: Option<String>,
 }
 
 impl PeerOptions {
@@ -123,6 +125,7 @@ impl PeerOptions {
             audio_slots: 3,
             video_slots: 3,
             audio_level: 40,
+            anchor: None,
         }
     }
 }
@@ -171,6 +174,17 @@ pub fn setup_body(sessid: &str, userid: &str, sdp: &str) -> Value {
     })
 }
 
+impl Peer {
+    /// This peer's SETUP body, naming its anchor when it has one.
+    pub fn setup_body(&self, sdp: &str) -> Value {
+        let mut body = setup_body(&self.sessid, &self.options.userid, sdp);
+        if let Some(anchor) = &self.options.anchor {
+            body["anchor"] = json!({"domain": anchor, "url": format!("https://{anchor}")});
+        }
+        body
+    }
+}
+
 async fn new_peer_connection() -> Arc<RTCPeerConnection> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().unwrap();
@@ -208,12 +222,13 @@ impl Peer {
         let offer = peer.pc.local_description().await.unwrap().sdp;
         let response = reqwest::Client::new()
             .post(sft.url(&format!("/sft/{}", peer.options.conf)))
-            .json(&setup_body(&peer.sessid, &peer.options.userid, &offer))
+            .json(&peer.setup_body(&offer))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 200, "SETUP of {}: {}", peer.options.userid, response.text().await.unwrap());
+        let status = response.status();
         let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "SETUP of {}: {answer}", peer.options.userid);
         peer.accept_answer(answer["props"]["sdp"].as_str().unwrap().to_owned()).await
     }
 

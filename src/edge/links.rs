@@ -1,0 +1,95 @@
+//! The edge's view of relay links: which conference travels on which link
+//! under which channel number, and the glue between relay frames and the
+//! packets the driver routes.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+
+use crate::core::ids::LinkId;
+use crate::federation::framing::{Control, MediaFrame, RelayCodec};
+
+pub struct Link {
+    pub peer_domain: String,
+    /// `None` while the link is down.
+    pub connection: Option<quinn::Connection>,
+    pub control: Option<mpsc::Sender<Control>>,
+    pub bytes_out: IntCounter,
+}
+
+impl Link {
+    pub fn send_control(&self, message: Control) {
+        if let Some(control) = &self.control {
+            if control.try_send(message).is_err() {
+                tracing::warn!(peer = %self.peer_domain, "relay control queue full; message dropped");
+            }
+        }
+    }
+
+    /// Encodes and sends one media frame; a down or congested link drops it.
+    pub fn send_media(&self, frame: &MediaFrame<'_>, buffer: &mut Vec<u8>) {
+        let Some(connection) = &self.connection else { return };
+        buffer.clear();
+        frame.encode(buffer);
+        let datagram = Bytes::copy_from_slice(buffer);
+        let len = datagram.len() as u64;
+        if connection.send_datagram(datagram).is_ok() {
+            self.bytes_out.inc_by(len);
+        }
+    }
+}
+
+/// Which conference (driver number) each (link, channel) carries, and back.
+#[derive(Default)]
+pub struct Channels {
+    by_channel: HashMap<(LinkId, u32), u64>,
+    by_conference: HashMap<(u64, LinkId), u32>,
+}
+
+impl Channels {
+    pub fn insert(&mut self, link: LinkId, channel: u32, conference: u64) {
+        self.by_channel.insert((link, channel), conference);
+        self.by_conference.insert((conference, link), channel);
+    }
+
+    pub fn conference(&self, link: LinkId, channel: u32) -> Option<u64> {
+        self.by_channel.get(&(link, channel)).copied()
+    }
+
+    pub fn channel(&self, conference: u64, link: LinkId) -> Option<u32> {
+        self.by_conference.get(&(conference, link)).copied()
+    }
+
+    /// The (conference, channel) pairs a link carries.
+    pub fn on_link(&self, link: LinkId) -> Vec<(u64, u32)> {
+        self.by_channel.iter().filter(|((l, _), _)| *l == link).map(|((_, channel), conf)| (*conf, *channel)).collect()
+    }
+
+    /// The links a conference travels on.
+    pub fn links_of(&self, conference: u64) -> Vec<LinkId> {
+        self.by_conference.keys().filter(|(c, _)| *c == conference).map(|(_, link)| *link).collect()
+    }
+
+    pub fn remove(&mut self, link: LinkId, channel: u32) {
+        if let Some(conference) = self.by_channel.remove(&(link, channel)) {
+            self.by_conference.remove(&(conference, link));
+        }
+    }
+}
+
+pub fn relay_codec(codec: str0m::format::Codec) -> Option<RelayCodec> {
+    match codec {
+        str0m::format::Codec::Opus => Some(RelayCodec::Opus),
+        str0m::format::Codec::Vp8 => Some(RelayCodec::Vp8),
+        _ => None,
+    }
+}
+
+pub fn str0m_codec(codec: RelayCodec) -> str0m::format::Codec {
+    match codec {
+        RelayCodec::Opus => str0m::format::Codec::Opus,
+        RelayCodec::Vp8 => str0m::format::Codec::Vp8,
+    }
+}

@@ -1,0 +1,280 @@
+//! The federation control plane (contract 5.1): HTTPS with mutual TLS,
+//! `POST /federation/sft/<rpc>`, `Wire-Origin-Domain` checked against the
+//! client certificate; and the client side of the same RPCs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use hmac::{Hmac, Mac};
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+use super::discovery::{Discovery, DiscoveryError};
+use super::trust::{Rejection, Trust};
+use crate::core::ids::ConfId;
+use crate::metrics::Metrics;
+
+pub const ORIGIN_HEADER: &str = "Wire-Origin-Domain";
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub conf_id: String,
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    pub relay: String,
+    pub relay_token: String,
+}
+
+/// Relay tokens: HMAC of the peer domain and conference under a secret of
+/// this process, so the relay can check an attach without shared state.
+pub struct Tokens {
+    secret: [u8; 32],
+}
+
+impl Tokens {
+    pub fn new() -> Self {
+        Self { secret: rand::random() }
+    }
+
+    pub fn issue(&self, peer_domain: &str, conf_id: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(peer_domain.as_bytes());
+        mac.update(b"|");
+        mac.update(conf_id.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    pub fn check(&self, peer_domain: &str, conf_id: &str, token: &str) -> bool {
+        let Ok(token) = hex::decode(token) else { return false };
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(peer_domain.as_bytes());
+        mac.update(b"|");
+        mac.update(conf_id.as_bytes());
+        mac.verify_slice(&token).is_ok()
+    }
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct ControlServer {
+    pub trust: Arc<Trust>,
+    pub tokens: Arc<Tokens>,
+    pub relay_public: String,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The verified client certificate of one connection.
+#[derive(Clone)]
+struct PeerCertificate(Option<CertificateDer<'static>>);
+
+struct ControlError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({"error": self.code, "message": self.message}))).into_response()
+    }
+}
+
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<ControlServer>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let router = Router::new().route("/federation/sft/{rpc}", post(rpc)).with_state(state.clone());
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (acceptor, router, state) = (acceptor.clone(), router.clone(), state.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    let rejection = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                        .map_or(Rejection::BadCertificate, Rejection::of_tls_error);
+                    state.metrics.federation_rejected(rejection.label());
+                    return tracing::info!(%peer, "federation TLS handshake refused: {e}");
+                }
+                Err(_) => return,
+            };
+            let certificate =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            let service =
+                hyper_util::service::TowerToHyperService::new(router.layer(Extension(PeerCertificate(certificate))));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder.serve_connection(io, service).await;
+        });
+    }
+}
+
+async fn rpc(
+    State(state): State<Arc<ControlServer>>,
+    Extension(PeerCertificate(certificate)): Extension<PeerCertificate>,
+    Path(rpc): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ControlError> {
+    let origin = headers.get(ORIGIN_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if let Err(rejection) = state.trust.admit(certificate.as_ref(), &origin) {
+        state.metrics.federation_rejected(rejection.label());
+        tracing::info!(origin, reason = rejection.label(), "federation request refused");
+        return Err(ControlError {
+            status: StatusCode::FORBIDDEN,
+            code: "federation-denied",
+            message: format!("{origin:?} is not allowed here ({})", rejection.label()),
+        });
+    }
+    let bad = |message: String| ControlError { status: StatusCode::BAD_REQUEST, code: "bad-request", message };
+    match rpc.as_str() {
+        "api-version" => Ok(Json(serde_json::json!({"versions": [1]}))),
+        "join" | "leave" => {
+            let request: JoinRequest =
+                serde_json::from_slice(&body).map_err(|e| bad(format!("invalid {rpc} body: {e}")))?;
+            let conf_id = ConfId::parse(&request.conf_id).map_err(|e| bad(e.to_string()))?;
+            if rpc == "leave" {
+                // The link's Detach does the work; leave only acknowledges.
+                return Ok(Json(serde_json::json!({})));
+            }
+            let relay_token = state.tokens.issue(&origin, conf_id.as_str());
+            Ok(Json(
+                serde_json::to_value(JoinAnswer { relay: state.relay_public.clone(), relay_token })
+                    .expect("serializes"),
+            ))
+        }
+        _ => Err(ControlError { status: StatusCode::NOT_FOUND, code: "not-found", message: format!("no rpc {rpc:?}") }),
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RpcError {
+    #[error("{0}")]
+    Discovery(#[from] DiscoveryError),
+    #[error("{domain} refused federation: {message}")]
+    Denied { domain: String, message: String },
+    #[error("{domain}'s certificate is not for {domain}")]
+    PeerCertificate { domain: String },
+    #[error("{domain} did not answer: {why}")]
+    Unreachable { domain: String, why: String },
+}
+
+/// Outbound RPCs, directly over mutual TLS or through a Wire federator.
+pub struct ControlClient {
+    pub own_domain: String,
+    pub tls: rustls::ClientConfig,
+    pub discovery: Arc<Discovery>,
+    pub via_federator: Option<String>,
+}
+
+impl ControlClient {
+    pub async fn join(&self, domain: &str, conf_id: &str, node_id: &str) -> Result<JoinAnswer, RpcError> {
+        let body = serde_json::to_value(JoinRequest { conf_id: conf_id.to_owned(), node_id: node_id.to_owned() })
+            .expect("serializes");
+        let answer = self.call(domain, "join", body).await?;
+        serde_json::from_value(answer)
+            .map_err(|e| RpcError::Unreachable { domain: domain.to_owned(), why: format!("bad join answer: {e}") })
+    }
+
+    pub async fn call(&self, domain: &str, rpc: &str, body: serde_json::Value) -> Result<serde_json::Value, RpcError> {
+        let unreachable = |why: String| RpcError::Unreachable { domain: domain.to_owned(), why };
+        let (client, url) = match &self.via_federator {
+            Some(federator) => {
+                let client =
+                    reqwest::Client::builder().timeout(RPC_TIMEOUT).use_preconfigured_tls(self.tls.clone()).build();
+                (client, format!("{federator}/rpc/{domain}/sft/{rpc}"))
+            }
+            None => {
+                let addrs: Vec<SocketAddr> = self.discovery.control_plane(domain).await?;
+                let port = addrs[0].port();
+                let client = reqwest::Client::builder()
+                    .timeout(RPC_TIMEOUT)
+                    .use_preconfigured_tls(self.tls.clone())
+                    .resolve_to_addrs(domain, &addrs)
+                    .build();
+                (client, format!("https://{domain}:{port}/federation/sft/{rpc}"))
+            }
+        };
+        let client = client.map_err(|e| unreachable(e.to_string()))?;
+        let response =
+            client.post(url).header(ORIGIN_HEADER, &self.own_domain).json(&body).send().await.map_err(|e| {
+                if is_name_mismatch(&e) {
+                    RpcError::PeerCertificate { domain: domain.to_owned() }
+                } else {
+                    unreachable(error_chain(&e))
+                }
+            })?;
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.map_err(|e| unreachable(e.to_string()))?;
+        if status == StatusCode::FORBIDDEN {
+            let message = answer["message"].as_str().unwrap_or("").to_owned();
+            return Err(RpcError::Denied { domain: domain.to_owned(), message });
+        }
+        if !status.is_success() {
+            return Err(unreachable(format!("{rpc} answered {status}: {answer}")));
+        }
+        Ok(answer)
+    }
+}
+
+/// Whether a request failed because the peer's certificate is for another name.
+fn is_name_mismatch(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        let rustls_error = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if rustls_error.is_some_and(|r| Rejection::of_tls_error(r) == Rejection::PeerCertificateMismatch) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_bind_peer_and_conference() {
+        let tokens = Tokens::new();
+        let token = tokens.issue("b.example", "room");
+        assert!(tokens.check("b.example", "room", &token));
+        assert!(!tokens.check("c.example", "room", &token));
+        assert!(!tokens.check("b.example", "other", &token));
+        assert!(!tokens.check("b.example", "room", "zz"));
+        assert!(!Tokens::new().check("b.example", "room", &token), "another process's secret");
+    }
+}

@@ -1,0 +1,246 @@
+//! The relay's wire format, versioned by the ALPN `sft-relay/1`.
+//!
+//! Media travels as QUIC datagrams, one RTP packet each, in a fixed binary
+//! header followed by the RTP payload (the relay carries payloads, not SRTP:
+//! QUIC already encrypts, and each SFT re-encrypts for its own clients):
+//!
+//! ```text
+//!  0      1      2..6       6..14      14     15     16..24   24..28     28..
+//! +------+------+----------+----------+------+------+--------+----------+---------+
+//! | 0x01 |flags | channel  | publisher|stream|level | seq    | timestamp| payload |
+//! +------+------+----------+----------+------+------+--------+----------+---------+
+//!  type   bits   u32 BE     u64 BE     kind/  RFC    u64 BE   u32 BE
+//!                                      layer/ 6464   extended
+//!                                      codec
+//! ```
+//!
+//! flags: bit 0 marker, bit 1 keyframe, bit 2 audio level present, bit 3
+//! voice activity. stream: bit 7 video, bits 4..6 layer (0 l, 1 m, 2 h),
+//! bits 0..3 codec (0 Opus, 1 VP8).
+//!
+//! Control messages travel on one bidirectional stream that the federated
+//! SFT opens: each a 4-byte big-endian length, then that many bytes of JSON
+//! ([`Control`]), at most [`MAX_CONTROL_FRAME`] bytes.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::core::conference::RosterEntry;
+use crate::core::ids::{Layer, MediaKind};
+
+pub const ALPN: &[u8] = b"sft-relay/1";
+const MEDIA: u8 = 0x01;
+const HEADER_LEN: usize = 28;
+pub const MAX_CONTROL_FRAME: usize = 256 * 1024;
+
+/// The codecs the relay carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayCodec {
+    Opus,
+    Vp8,
+}
+
+/// One RTP packet on the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFrame<'a> {
+    /// The conference, as the federated SFT numbered it when it attached.
+    pub channel: u32,
+    /// The publisher, in the sending SFT's numbering (its roster ids).
+    pub publisher: u64,
+    pub kind: MediaKind,
+    pub layer: Option<Layer>,
+    pub codec: RelayCodec,
+    pub marker: bool,
+    pub keyframe: bool,
+    pub audio_level: Option<u8>,
+    pub voice_activity: bool,
+    pub seq: u64,
+    pub timestamp: u32,
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("datagram shorter than the {HEADER_LEN}-byte header")]
+    Truncated,
+    #[error("unknown datagram type {0:#04x}")]
+    UnknownType(u8),
+    #[error("unknown codec {0}")]
+    UnknownCodec(u8),
+    #[error("unknown layer {0}")]
+    UnknownLayer(u8),
+}
+
+impl MediaFrame<'_> {
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let flags = u8::from(self.marker)
+            | u8::from(self.keyframe) << 1
+            | u8::from(self.audio_level.is_some()) << 2
+            | u8::from(self.voice_activity) << 3;
+        let layer = self.layer.map_or(0, |l| l.index() as u8);
+        let codec = match self.codec {
+            RelayCodec::Opus => 0,
+            RelayCodec::Vp8 => 1,
+        };
+        let stream = u8::from(self.kind == MediaKind::Video) << 7 | layer << 4 | codec;
+        out.reserve(HEADER_LEN + self.payload.len());
+        out.push(MEDIA);
+        out.push(flags);
+        out.extend_from_slice(&self.channel.to_be_bytes());
+        out.extend_from_slice(&self.publisher.to_be_bytes());
+        out.push(stream);
+        out.push(self.audio_level.unwrap_or(127));
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.timestamp.to_be_bytes());
+        out.extend_from_slice(self.payload);
+    }
+}
+
+impl<'a> MediaFrame<'a> {
+    pub fn decode(datagram: &'a [u8]) -> Result<Self, FrameError> {
+        let header = datagram.get(..HEADER_LEN).ok_or(FrameError::Truncated)?;
+        if header[0] != MEDIA {
+            return Err(FrameError::UnknownType(header[0]));
+        }
+        let flags = header[1];
+        let stream = header[14];
+        let kind = if stream & 0x80 != 0 { MediaKind::Video } else { MediaKind::Audio };
+        let layer = match kind {
+            MediaKind::Audio => None,
+            MediaKind::Video => {
+                let index = (stream >> 4) & 0x07;
+                Some(*Layer::ALL.get(index as usize).ok_or(FrameError::UnknownLayer(index))?)
+            }
+        };
+        let codec = match stream & 0x0f {
+            0 => RelayCodec::Opus,
+            1 => RelayCodec::Vp8,
+            other => return Err(FrameError::UnknownCodec(other)),
+        };
+        let u32_at = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+        Ok(Self {
+            channel: u32_at(2),
+            publisher: u64_at(6),
+            kind,
+            layer,
+            codec,
+            marker: flags & 0x01 != 0,
+            keyframe: flags & 0x02 != 0,
+            audio_level: (flags & 0x04 != 0).then_some(header[15].min(127)),
+            voice_activity: flags & 0x08 != 0,
+            seq: u64_at(16),
+            timestamp: u32_at(24),
+            payload: &datagram[HEADER_LEN..],
+        })
+    }
+}
+
+/// Messages on the relay's control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// The first message of the dialling SFT: which domain it is. Checked
+    /// against its client certificate and the strategy.
+    Hello { domain: String },
+    /// Federated → anchor: put this conference on the link as `channel`.
+    Attach { channel: u32, conf_id: String, relay_token: String },
+    /// Anchor → federated: the attach was refused.
+    Refused { channel: u32, reason: String },
+    /// Federated → anchor: the conference has no participants here any more.
+    Detach { channel: u32 },
+    /// Either way: who is in the conference on the sender's side.
+    Roster { channel: u32, participants: Vec<RosterEntry> },
+    /// Either way: ask the publisher `publisher` (sender's numbering is the
+    /// receiver's roster id) for a keyframe of `layer`.
+    Keyframe { channel: u32, publisher: u64, layer: Option<Layer> },
+}
+
+/// Length-prefixes an encoded control message.
+pub fn encode_control(message: &Control) -> Vec<u8> {
+    let json = serde_json::to_vec(message).expect("control messages serialize");
+    let mut out = Vec::with_capacity(4 + json.len());
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ids::Identity;
+
+    fn frame(payload: &[u8]) -> MediaFrame<'_> {
+        MediaFrame {
+            channel: 7,
+            publisher: u64::MAX - 3,
+            kind: MediaKind::Video,
+            layer: Some(Layer::Medium),
+            codec: RelayCodec::Vp8,
+            marker: true,
+            keyframe: true,
+            audio_level: None,
+            voice_activity: false,
+            seq: 1 << 40,
+            timestamp: 0xdead_beef,
+            payload,
+        }
+    }
+
+    #[test]
+    fn media_round_trips() {
+        let mut buf = Vec::new();
+        frame(b"vp8 bytes").encode(&mut buf);
+        assert_eq!(buf.len(), HEADER_LEN + 9);
+        assert_eq!(MediaFrame::decode(&buf), Ok(frame(b"vp8 bytes")));
+        let audio = MediaFrame {
+            kind: MediaKind::Audio,
+            layer: None,
+            codec: RelayCodec::Opus,
+            audio_level: Some(33),
+            voice_activity: true,
+            marker: false,
+            keyframe: false,
+            ..frame(b"")
+        };
+        buf.clear();
+        audio.encode(&mut buf);
+        assert_eq!(MediaFrame::decode(&buf), Ok(audio));
+    }
+
+    #[test]
+    fn bad_datagrams_are_errors_not_panics() {
+        let mut good = Vec::new();
+        frame(b"x").encode(&mut good);
+        for len in 0..HEADER_LEN {
+            assert_eq!(MediaFrame::decode(&good[..len]), Err(FrameError::Truncated));
+        }
+        let mut wrong_type = good.clone();
+        wrong_type[0] = 9;
+        assert_eq!(MediaFrame::decode(&wrong_type), Err(FrameError::UnknownType(9)));
+        let mut wrong_codec = good.clone();
+        wrong_codec[14] = 0x8f;
+        assert_eq!(MediaFrame::decode(&wrong_codec), Err(FrameError::UnknownCodec(15)));
+        let mut wrong_layer = good;
+        wrong_layer[14] = 0xf1;
+        assert_eq!(MediaFrame::decode(&wrong_layer), Err(FrameError::UnknownLayer(7)));
+    }
+
+    #[test]
+    fn control_messages_are_length_prefixed_json() {
+        let message = Control::Roster {
+            channel: 1,
+            participants: vec![RosterEntry {
+                id: 4,
+                identity: Identity { userid: "u".into(), clientid: "c".into(), domain: "b.example".into() },
+                audio: true,
+                layers: vec![Layer::Low, Layer::High],
+            }],
+        };
+        let bytes = encode_control(&message);
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 4);
+        assert_eq!(serde_json::from_slice::<Control>(&bytes[4..]).unwrap(), message);
+    }
+}

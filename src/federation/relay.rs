@@ -1,0 +1,199 @@
+//! The media relay (contract 5.2): QUIC with mutual TLS, ALPN `sft-relay/1`,
+//! media as datagrams, control on one bidirectional stream per connection.
+//! This file moves bytes; the edge driver decides what they mean.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{Connection, RecvStream, SendStream};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+
+use super::framing::{encode_control, Control, ALPN, MAX_CONTROL_FRAME};
+use super::trust::{Rejection, Trust};
+use super::{Admission, Federation};
+use crate::core::ids::LinkId;
+use crate::tls::TlsError;
+
+/// A silent peer is declared gone after this; keep-alives every second keep
+/// a healthy but idle link open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control messages queued for a link before new ones are dropped.
+pub const CONTROL_QUEUE: usize = 1024;
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("a small duration")));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.datagram_receive_buffer_size(Some(4 * 1024 * 1024));
+    transport.datagram_send_buffer_size(4 * 1024 * 1024);
+    Arc::new(transport)
+}
+
+/// The relay endpoint: it accepts federated SFTs and dials anchors.
+pub fn endpoint(trust: &Trust, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+    let server_tls = trust.server_config(&[ALPN])?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport());
+    let mut endpoint = quinn::Endpoint::server(server, listen)
+        .map_err(|e| TlsError::Config(rustls::Error::General(format!("relay socket {listen}: {e}"))))?;
+    endpoint.set_default_client_config(client_config(trust)?);
+    Ok(endpoint)
+}
+
+fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = trust.client_config(&[ALPN])?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// Dials `domain`'s relay at `addr`, proves who we are, and returns the
+/// connection with its control stream.
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    own_domain: &str,
+    domain: &str,
+    addr: &str,
+) -> Result<(Connection, SendStream, RecvStream), String> {
+    let target: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or(format!("{addr}: no address"))?;
+    let connecting = endpoint.connect(target, domain).map_err(|e| e.to_string())?;
+    let connection = connecting.await.map_err(|e| format!("relay {addr}: {e}"))?;
+    let (mut send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&encode_control(&Control::Hello { domain: own_domain.to_owned() }))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((connection, send, recv))
+}
+
+/// Accepts one dialling SFT: handshake, hello, certificate and strategy.
+/// Returns its domain and streams, or why it was refused.
+pub async fn accept(
+    incoming: quinn::Incoming,
+    trust: &Trust,
+) -> Result<(String, Connection, SendStream, RecvStream), Rejection> {
+    let connection = incoming.await.map_err(|e| match e {
+        quinn::ConnectionError::TransportError(ref t) if t.reason.contains("certificate") => {
+            if t.reason.contains("NoCertificatesPresented") || t.reason.contains("no certificate") {
+                Rejection::NoCertificate
+            } else {
+                Rejection::BadCertificate
+            }
+        }
+        _ => Rejection::BadCertificate,
+    })?;
+    let certificate: Option<CertificateDer<'static>> = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned());
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let (send, mut recv) = connection.accept_bi().await.ok()?;
+        let message = read_control(&mut recv).await.ok()??;
+        Some((send, recv, message))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((send, recv, Control::Hello { domain })) = hello else {
+        connection.close(1u32.into(), b"expected hello");
+        return Err(Rejection::OriginMismatch);
+    };
+    if let Err(rejection) = trust.admit(certificate.as_ref(), &domain) {
+        connection.close(2u32.into(), rejection.label().as_bytes());
+        return Err(rejection);
+    }
+    Ok((domain, connection, send, recv))
+}
+
+/// Reads one length-prefixed control message; `Ok(None)` at a clean end.
+pub async fn read_control(recv: &mut RecvStream) -> Result<Option<Control>, String> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_CONTROL_FRAME {
+        return Err(format!("control frame of {len} bytes"));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&body).map(Some).map_err(|e| format!("bad control frame: {e}"))
+}
+
+/// Runs one established link until it ends: hands datagrams and control
+/// messages to the edge, writes the edge's control messages to the stream.
+pub async fn run_link(
+    federation: Arc<Federation>,
+    link: LinkId,
+    domain: String,
+    connection: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    inbound: bool,
+) {
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
+    federation.metrics.link_state(&domain, "up");
+    tracing::info!(peer = %domain, %link, inbound, "relay link up");
+    let replies = control_tx.clone();
+    federation.edge.link_up(link, domain.clone(), connection.clone(), control_tx).await;
+    let writer = tokio::spawn(async move {
+        while let Some(message) = control_rx.recv().await {
+            if send.write_all(&encode_control(&message)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let bytes_in = federation.metrics.relay_bytes(&domain, "in");
+    let control = async {
+        loop {
+            match read_control(&mut recv).await {
+                Ok(Some(message)) => match federation.admit_control(&domain, message, inbound) {
+                    Admission::Pass(message) => federation.edge.relay_control(link, message).await,
+                    Admission::Reply(answer) => {
+                        let _ = replies.try_send(answer);
+                    }
+                    Admission::Drop => {}
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(peer = %domain, "relay control stream ended: {e}");
+                    break;
+                }
+            }
+        }
+    };
+    let datagrams = async {
+        while let Ok(datagram) = connection.read_datagram().await {
+            bytes_in.inc_by(datagram.len() as u64);
+            federation.edge.relay_datagram(link, datagram).await;
+        }
+    };
+    tokio::select! {
+        _ = control => {}
+        _ = datagrams => {}
+    }
+    writer.abort();
+    connection.close(0u32.into(), b"link closed");
+    federation.metrics.link_state(&domain, "down");
+    tracing::info!(peer = %domain, %link, "relay link down");
+    federation.edge.link_down(link).await;
+}
+
+/// Sends one datagram, counting its bytes; a full or closed link drops it.
+pub fn send_datagram(connection: &Connection, datagram: Bytes) -> bool {
+    connection.send_datagram(datagram).is_ok()
+}
