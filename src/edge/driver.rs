@@ -195,8 +195,7 @@ impl Driver {
         let answer =
             rtc.sdp_api().accept_offer(sdp).map_err(|e| JoinError::BadOffer(format!("offer not accepted: {e}")))?;
 
-        let id = ParticipantId(self.next_participant);
-        self.next_participant += 1;
+        let id = next_id(&mut self.next_participant);
         let (number, created) = self.conference_number(&request.conference);
         if let (true, Some((link, token))) = (created, request.anchor_link) {
             // Federated: our number is the channel; the anchor learns it from Attach.
@@ -536,10 +535,7 @@ impl Driver {
                 let Some(number) = self.channels.conference(link, channel) else { return };
                 let Self { conferences, next_participant, .. } = self;
                 if let Some(conference) = conferences.get_mut(&number) {
-                    conference.handle_roster(now, link, participants, || {
-                        *next_participant += 1;
-                        ParticipantId(*next_participant)
-                    });
+                    conference.handle_roster(now, link, participants, || next_id(next_participant));
                 }
                 self.drain_conference(number);
                 self.update_gauges();
@@ -747,6 +743,13 @@ fn handle_datagram(
     }
     client.last_rx = now;
     poll_rtc(client, sink);
+}
+
+/// Hands out participant ids, local and remote alike, from one counter.
+fn next_id(counter: &mut u64) -> ParticipantId {
+    let id = ParticipantId(*counter);
+    *counter += 1;
+    id
 }
 
 fn participant_spec(identity: crate::core::ids::Identity, summary: &OfferSummary) -> ParticipantSpec {
