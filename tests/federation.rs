@@ -3,56 +3,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{wait_for, Peer, PeerOptions, TestSft};
-
-struct Certs {
-    dir: PathBuf,
-}
-
-impl Certs {
-    /// A CA and a certificate per domain, all under one temp dir.
-    fn new(domains: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("sft-fed-{}-{}", std::process::id(), rand::random::<u32>()));
-        let ca = dir.join("ca");
-        sft::certs::dev("ca.invalid", &ca, None).unwrap();
-        for domain in domains {
-            sft::certs::dev(domain, &dir.join(domain), Some(&ca)).unwrap();
-        }
-        Self { dir }
-    }
-
-    fn federation_toml(&self, domain: &str, ip: &str, extra: &str) -> String {
-        let d = self.dir.join(domain);
-        format!(
-            "domain = \"{domain}\"\n[federation]\nenabled = true\nlisten = \"{ip}:0\"\nrelay_listen = \"{ip}:0\"\n\
-             cert = {:?}\nkey = {:?}\nca = {:?}\nstrategy = \"allowAll\"\nlink_timeout = 3\n{extra}",
-            d.join("cert.pem"),
-            d.join("key.pem"),
-            self.dir.join("ca").join("ca.pem"),
-        )
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn peers_table(entries: &[(&str, &TestSft)]) -> String {
-    let list: Vec<String> = entries
-        .iter()
-        .map(|(domain, sft)| format!("\"{domain}\" = \"{}\"", sft.server.federation.as_ref().unwrap().control))
-        .collect();
-    format!("peers = {{ {} }}\n", list.join(", "))
-}
-
-fn on(domain: &str, conf: &str, user: &str, marker: u8) -> PeerOptions {
-    let anchor = (domain != "a.example").then(|| "a.example".to_string());
-    PeerOptions { audio_slots: 4, video_slots: 4, anchor, ..PeerOptions::new(conf, user, marker) }
-}
+use common::fed::{on, peers_table, Certs};
+use common::{wait_for, Peer, TestSft};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_peers_on_three_sfts_see_and_hear_each_other() {

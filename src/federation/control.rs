@@ -235,21 +235,11 @@ impl ControlClient {
     }
 }
 
-/// Whether a request failed because the peer's certificate is for another name.
+/// Whether a request failed because the peer's certificate is for another
+/// name. The HTTP client's error layers hide rustls' typed error behind
+/// boxed I/O errors, so this reads rustls' message for `NotValidForName`.
 fn is_name_mismatch(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        let rustls_error = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if rustls_error.is_some_and(|r| Rejection::of_tls_error(r) == Rejection::PeerCertificateMismatch) {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    error_chain(error).contains("not valid for name")
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

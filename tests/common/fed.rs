@@ -1,0 +1,58 @@
+//! Federation test helpers: certificates from one test CA, configs, peers.
+
+use std::path::PathBuf;
+
+use super::{PeerOptions, TestSft};
+
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    /// A CA and a certificate per domain, all under one temp dir.
+    pub fn new(domains: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("sft-fed-{}-{}", std::process::id(), rand::random::<u32>()));
+        let ca = dir.join("ca");
+        sft::certs::dev("ca.invalid", &ca, None).unwrap();
+        for domain in domains {
+            sft::certs::dev(domain, &dir.join(domain), Some(&ca)).unwrap();
+        }
+        Self { dir }
+    }
+
+    pub fn federation_toml(&self, domain: &str, ip: &str, extra: &str) -> String {
+        let d = self.dir.join(domain);
+        let strategy = if extra.contains("strategy =") { "" } else { "strategy = \"allowAll\"\n" };
+        format!(
+            "domain = \"{domain}\"\n[federation]\nenabled = true\nlisten = \"{ip}:0\"\nrelay_listen = \"{ip}:0\"\n\
+             cert = {:?}\nkey = {:?}\nca = {:?}\nlink_timeout = 3\n{strategy}{extra}",
+            d.join("cert.pem"),
+            d.join("key.pem"),
+            self.dir.join("ca").join("ca.pem"),
+        )
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn peers_table(entries: &[(&str, &TestSft)]) -> String {
+    let list: Vec<String> = entries
+        .iter()
+        .map(|(domain, sft)| format!("\"{domain}\" = \"{}\"", sft.server.federation.as_ref().unwrap().control))
+        .collect();
+    format!("peers = {{ {} }}\n", list.join(", "))
+}
+
+pub fn on(domain: &str, conf: &str, user: &str, marker: u8) -> PeerOptions {
+    let anchor = (domain != "a.example").then(|| "a.example".to_string());
+    PeerOptions { audio_slots: 4, video_slots: 4, anchor, ..PeerOptions::new(conf, user, marker) }
+}
+
+/// The PEM of a file the certificates were written to.
+pub fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
