@@ -4,7 +4,7 @@
 mod common;
 
 use common::fed::{on, peers_table, Certs};
-use common::{wait_for, Peer, TestSft};
+use common::{wait_for, Peer, PeerOptions, TestSft, Video};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_peers_on_three_sfts_see_and_hear_each_other() {
@@ -58,4 +58,77 @@ async fn five_peers_on_three_sfts_see_and_hear_each_other() {
     assert_eq!(b.metric("sft_participants{role=\"remote\"}").await, 3.0);
     assert_eq!(a.metric("sft_federation_links{peer_domain=\"b.example\",state=\"up\"}").await, 1.0);
     assert!(b.metric("sft_federation_relay_bytes_total{direction=\"in\",peer_domain=\"a.example\"}").await > 0.0);
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_outage_heals_without_rejoining_and_a_vanished_sft_leaves() {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    // b reaches a's relay only through a proxy the test can cut.
+    let relay_port = free_udp_port();
+    let proxy = common::proxy::UdpProxy::start(format!("127.0.0.1:{relay_port}").parse().unwrap()).await;
+    let a_extra = format!("relay_public = \"{}\"\n", proxy.addr);
+    let a_toml = certs
+        .federation_toml("a.example", "127.0.0.1", &a_extra)
+        .replace("relay_listen = \"127.0.0.1:0\"", &format!("relay_listen = \"127.0.0.1:{relay_port}\""));
+    let a = TestSft::start(&a_toml).await;
+    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &peers_table(&[("a.example", &a)]))).await;
+    let a1 = Peer::join(&a, on("a.example", "outage", "a1", 1)).await;
+    let b1 = Peer::join(&b, on("b.example", "outage", "b1", 2)).await;
+    wait_for("media both ways", || a1.heard(2) > 10 && b1.heard(1) > 10).await;
+
+    // Blackhole the relay path for 3 s; media resumes within 2 s of its return.
+    proxy.cut();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let during = (a1.heard(2), b1.heard(1));
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(a1.heard(2) <= during.0 + 2 && b1.heard(1) <= during.1 + 2, "the path is really cut");
+    proxy.restore();
+    let restored = (a1.heard(2), b1.heard(1));
+    common::wait_for_within("media to resume within 2 s", std::time::Duration::from_secs(2), || {
+        a1.heard(2) > restored.0 + 5 && b1.heard(1) > restored.1 + 5
+    })
+    .await;
+    assert_eq!(b.metric("sft_join_duration_seconds_count").await, 1.0, "no SETUP repeated");
+    assert_eq!(a1.participants(), vec!["a1".to_string(), "b1".to_string()]);
+
+    // b vanishes for good: a's clients see its participant leave after the
+    // relay idle timeout plus federation.link_timeout.
+    proxy.cut();
+    wait_for("b1 to leave a1's CONFPART", || a1.participants() == vec!["a1".to_string()]).await;
+    wait_for("a1 to leave b1's CONFPART", || b1.participants() == vec!["b1".to_string()]).await;
+    assert_eq!(a.metric("sft_participants{role=\"remote\"}").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_carries_each_stream_once_however_many_receive_it() {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;
+    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &peers_table(&[("a.example", &a)]))).await;
+    let _publisher =
+        Peer::join(&a, PeerOptions { audio_slots: 0, video_slots: 0, ..on("a.example", "once", "pub", 1) }).await;
+    let viewer =
+        |name: &str, marker| PeerOptions { audio: false, video: Video::None, ..on("b.example", "once", name, marker) };
+    let v1 = Peer::join(&b, viewer("v1", 2)).await;
+    wait_for("v1 receives", || v1.heard(1) > 10).await;
+    let one_viewer = relayed_in_2s(&b).await;
+    let v2 = Peer::join(&b, viewer("v2", 3)).await;
+    let v3 = Peer::join(&b, viewer("v3", 4)).await;
+    wait_for("v2 and v3 receive", || v2.heard(1) > 10 && v3.heard(1) > 10).await;
+    let three_viewers = relayed_in_2s(&b).await;
+    let ratio = three_viewers / one_viewer;
+    assert!(one_viewer > 0.0 && ratio < 1.5, "relay bytes grew {ratio:.2}x for 3x the receivers");
+    // All simulcast layers cross, whatever the receivers ask for.
+    assert!(b.metric("sft_rtp_packets_forwarded_total").await > 0.0);
+}
+
+/// Bytes b received over its relay link from a in two seconds.
+async fn relayed_in_2s(b: &TestSft) -> f64 {
+    let series = "sft_federation_relay_bytes_total{direction=\"in\",peer_domain=\"a.example\"}";
+    let start = b.metric(series).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    b.metric(series).await - start
 }

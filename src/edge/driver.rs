@@ -273,12 +273,17 @@ impl Driver {
             .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
             .map(|(number, _)| *number)
             .collect();
+        let due_any = !due.is_empty();
         for number in due {
             if let Some(conference) = self.conferences.get_mut(&number) {
                 conference.handle_timeout(now);
             }
             self.drain_conference(number);
             self.remove_if_empty(number);
+        }
+        if due_any {
+            // Timeouts may have removed remote participants or whole conferences.
+            self.update_gauges();
         }
         if now >= self.next_idle_sweep {
             self.next_idle_sweep = now + IDLE_SWEEP;

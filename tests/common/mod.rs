@@ -176,6 +176,11 @@ pub fn setup_body(sessid: &str, userid: &str, sdp: &str) -> Value {
 }
 
 impl Peer {
+    /// Audio packets received from the peer with `marker`, over all slots.
+    pub fn heard(&self, marker: u8) -> usize {
+        self.all_slot_stats().values().map(|s| s.markers.iter().filter(|m| **m == marker).count()).sum()
+    }
+
     /// This peer's SETUP body, naming its anchor when it has one.
     pub fn setup_body(&self, sdp: &str) -> Value {
         let mut body = setup_body(&self.sessid, &self.options.userid, sdp);
@@ -505,8 +510,13 @@ async fn publish_video(
 }
 
 /// Polls `condition` every 50 ms until it holds; panics after [`TIMEOUT`].
-pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
+pub async fn wait_for(what: &str, condition: impl FnMut() -> bool) {
+    wait_for_within(what, TIMEOUT, condition).await;
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after `limit`.
+pub async fn wait_for_within(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -45,4 +45,9 @@ impl UdpProxy {
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
     }
+
+    /// Forwards again after a [`cut`](Self::cut).
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
 }
