@@ -176,3 +176,64 @@ async fn anchor_found_through_dns_srv() {
         .await;
     }
 }
+
+/// A stand-in for Wire's federator: takes `POST /rpc/<domain>/sft/<rpc>` on
+/// plain HTTP from the local SFT and forwards it over mutual TLS with the
+/// local domain's certificate, as the real federator does.
+async fn federator(
+    certs: &Certs,
+    own: &str,
+    anchor: &TestSft,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let identity = (read(certs.dir.join(own).join("cert.pem")), read(certs.dir.join(own).join("key.pem")));
+    let client = control_client(certs, anchor, Some(identity));
+    let port = anchor.server.federation.as_ref().unwrap().control.port();
+    let forwarded = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = forwarded.clone();
+    let origin = own.to_string();
+    let app = axum::Router::new().route(
+        "/rpc/{domain}/sft/{rpc}",
+        axum::routing::post(
+            move |axum::extract::Path((domain, rpc)): axum::extract::Path<(String, String)>,
+                  body: axum::body::Bytes| {
+                let (client, origin, counter) = (client.clone(), origin.clone(), counter.clone());
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let response = client
+                        .post(format!("https://{domain}:{port}/federation/sft/{rpc}"))
+                        .header("Wire-Origin-Domain", origin)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = axum::http::StatusCode::from_u16(response.status().as_u16()).unwrap();
+                    (status, response.bytes().await.unwrap())
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, forwarded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbound_rpcs_go_through_the_federator() {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;
+    let (federator_addr, forwarded) = federator(&certs, "b.example", &a).await;
+    // No peers table and no DNS: only the federator knows the way.
+    let b = TestSft::start(&certs.federation_toml(
+        "b.example",
+        "127.0.0.2",
+        &format!("via_federator = \"http://{federator_addr}\"\n"),
+    ))
+    .await;
+    let a1 = Peer::join(&a, on("a.example", "fedr", "a1", 1)).await;
+    let b1 = Peer::join(&b, on("b.example", "fedr", "b1", 2)).await;
+    common::wait_for("media through a link set up via the federator", || a1.heard(2) > 10 && b1.heard(1) > 10).await;
+    assert_eq!(forwarded.load(std::sync::atomic::Ordering::SeqCst), 1, "the join went through the federator");
+}
