@@ -39,18 +39,8 @@ async fn expect_error(sft: &TestSft, conf: &str, body: reqwest::Body, auth: Opti
 
 /// Joins a peer with a valid token.
 async fn join_with_token(sft: &TestSft, options: PeerOptions) -> Peer {
-    let peer = Peer::offer_only(options).await;
-    let offer = peer.pc.local_description().await.unwrap().sdp;
-    let response = reqwest::Client::new()
-        .post(sft.url(&format!("/sft/{}", peer.options.conf)))
-        .header("authorization", token(&peer.options.conf, &peer.options.userid, unix_now() + 600))
-        .json(&setup_body(&peer.sessid, &peer.options.userid, &offer))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let answer: Value = response.json().await.unwrap();
-    peer.accept_answer(answer["props"]["sdp"].as_str().unwrap().to_owned()).await
+    let authorization = token(&options.conf, &options.userid, unix_now() + 600);
+    Peer::join_authorized(sft, options, Some(authorization)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,19 +12,10 @@ use common::{Peer, TestSft};
 use hickory_resolver::proto::op::{Message, OpCode};
 use hickory_resolver::proto::rr::rdata::{A, SRV};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
-use serde_json::Value;
 
 /// SETUPs `peer` and returns the HTTP status and error code.
 async fn setup_status(sft: &TestSft, peer: &Peer) -> (u16, String) {
-    let offer = peer.pc.local_description().await.unwrap().sdp;
-    let response = reqwest::Client::new()
-        .post(sft.url(&format!("/sft/{}", peer.options.conf)))
-        .json(&peer.setup_body(&offer))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = peer.post_setup(sft, None).await;
     (status, body["error"].as_str().unwrap_or("").to_owned())
 }
 

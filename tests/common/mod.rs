@@ -224,18 +224,27 @@ fn codec(mime: &str) -> RTCRtpCodecCapability {
 impl Peer {
     /// Builds the offer, SETUPs at `sft` and waits for the data channel.
     pub async fn join(sft: &TestSft, options: PeerOptions) -> Self {
+        Self::join_authorized(sft, options, None).await
+    }
+
+    /// Like [`join`](Self::join), with an `Authorization` header.
+    pub async fn join_authorized(sft: &TestSft, options: PeerOptions, authorization: Option<String>) -> Self {
         let peer = Self::offer_only(options).await;
-        let offer = peer.pc.local_description().await.unwrap().sdp;
-        let response = reqwest::Client::new()
-            .post(sft.url(&format!("/sft/{}", peer.options.conf)))
-            .json(&peer.setup_body(&offer))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap();
+        let (status, answer) = peer.post_setup(sft, authorization).await;
         assert_eq!(status, 200, "SETUP of {}: {answer}", peer.options.userid);
         peer.accept_answer(answer["props"]["sdp"].as_str().unwrap().to_owned()).await
+    }
+
+    /// POSTs this peer's SETUP; returns the status and the JSON answer.
+    pub async fn post_setup(&self, sft: &TestSft, authorization: Option<String>) -> (u16, Value) {
+        let offer = self.pc.local_description().await.unwrap().sdp;
+        let mut request =
+            reqwest::Client::new().post(sft.url(&format!("/sft/{}", self.options.conf))).json(&self.setup_body(&offer));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
     }
 
     /// A peer with its offer made (gathering complete), not yet sent anywhere.
@@ -529,15 +538,8 @@ impl Peer {
     pub async fn join_via_proxy(sft: &TestSft, options: PeerOptions) -> (Self, proxy::UdpProxy) {
         let proxy = proxy::UdpProxy::start(sft.server.media_addr).await;
         let peer = Self::offer_only(options).await;
-        let offer = peer.pc.local_description().await.unwrap().sdp;
-        let response = reqwest::Client::new()
-            .post(sft.url(&format!("/sft/{}", peer.options.conf)))
-            .json(&setup_body(&peer.sessid, &peer.options.userid, &offer))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let answer: Value = response.json().await.unwrap();
+        let (status, answer) = peer.post_setup(sft, None).await;
+        assert_eq!(status, 200, "{answer}");
         let sdp = answer["props"]["sdp"].as_str().unwrap();
         let real = format!("{} {}", sft.server.media_addr.ip(), sft.server.media_addr.port());
         let proxied = format!("{} {}", proxy.addr.ip(), proxy.addr.port());
