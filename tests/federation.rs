@@ -1,5 +1,6 @@
 //! Federation: three SFTs (domains a, b, c) on loopback with certificates
 //! the test makes, webrtc-rs peers on each, the anchor relaying between them.
+#![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
 mod common;
 
@@ -42,15 +43,29 @@ async fn five_peers_on_three_sfts_see_and_hear_each_other() {
     for peer in everyone {
         for other in everyone.iter().filter(|o| o.options.userid != peer.options.userid) {
             let video = peer.slot_mid_of(&other.options.userid, "video").expect("a video slot per other peer");
-            wait_for(&format!("{} to get {}'s media", peer.options.userid, other.options.userid), || {
-                let heard = peer
-                    .all_slot_stats()
-                    .values()
-                    .any(|s| s.markers.iter().filter(|m| **m == other.options.marker).count() > 10);
+            let what = format!("{} to get {}'s media", peer.options.userid, other.options.userid);
+            let deadline = std::time::Instant::now() + common::TIMEOUT;
+            loop {
                 let stats = peer.slot_stats(&video);
-                heard && stats.packets > 20 && !stats.keyframe_widths.is_empty()
-            })
-            .await;
+                if peer.heard(other.options.marker) > 10 && stats.packets > 20 && !stats.keyframe_widths.is_empty() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "timed out waiting for {what}: heard {}, video slot {video}: {} packets; slots {:?}",
+                    peer.heard(other.options.marker),
+                    stats.packets,
+                    peer.all_slot_stats()
+                        .iter()
+                        .map(|(mid, s)| (
+                            mid.clone(),
+                            s.packets,
+                            s.markers.iter().collect::<std::collections::BTreeSet<_>>()
+                        ))
+                        .collect::<Vec<_>>()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
     }
     assert_eq!(a.metric("sft_participants{role=\"local\"}").await, 2.0);

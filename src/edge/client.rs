@@ -65,6 +65,8 @@ pub struct Client {
     pub next_timeout: Option<Instant>,
     /// Set while the client has output to poll; keeps it in the dirty list once.
     pub dirty: bool,
+    /// ICE and DTLS are up: media can flow to the client.
+    pub connected: bool,
     channel: Option<ChannelId>,
     /// Messages produced before the data channel opened. Only the newest
     /// of each type matters: each one carries the whole state.
@@ -100,6 +102,7 @@ impl Client {
             last_rx: now,
             next_timeout: Some(now),
             dirty: false,
+            connected: false,
             channel: None,
             queued: Vec::new(),
             audio_publish: summary.audio_publish.as_deref().map(Mid::from),

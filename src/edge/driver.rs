@@ -359,7 +359,12 @@ impl Driver {
                 self.ended.push((id, "ice-disconnected"))
             }
             Event::Closed => self.ended.push((id, "closed")),
-            Event::Connected => tracing::debug!(participant = %id, "connected"),
+            Event::Connected => {
+                tracing::debug!(participant = %id, "connected");
+                if let Some(client) = self.clients.get_mut(&id) {
+                    client.connected = true;
+                }
+            }
             _ => {}
         }
     }
@@ -418,6 +423,11 @@ impl Driver {
         conference.handle_rtp(now, &incoming, &mut self.routes);
         for forward in self.routes.slots.drain(..) {
             let Some(receiver) = self.clients.get_mut(&forward.receiver) else { continue };
+            // Media queued before DTLS is up would reach the client as a stale
+            // burst the moment it connects; it starts with live packets instead.
+            if !receiver.connected {
+                continue;
+            }
             if receiver.write_rtp(forward.slot, forward.seq, forward.timestamp, media) {
                 self.metrics.rtp_packets_forwarded.inc();
                 self.metrics.rtp_bytes_forwarded.inc_by(media.payload.len() as u64);
