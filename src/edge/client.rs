@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
@@ -18,6 +18,9 @@ use super::offer::OfferSummary;
 
 /// The data channel label of contract section 3.2.
 pub const CHANNEL_LABEL: &str = "sft";
+
+/// How long after DTLS a client without an open data channel waits for media.
+const MEDIA_FALLBACK: Duration = Duration::from_secs(1);
 
 /// One packet on its way into receive slots, from a local publisher or a
 /// relay link: everything a slot needs, with the payload shared, not copied.
@@ -65,8 +68,10 @@ pub struct Client {
     pub next_timeout: Option<Instant>,
     /// Set while the client has output to poll; keeps it in the dirty list once.
     pub dirty: bool,
-    /// ICE and DTLS are up: media can flow to the client.
-    pub connected: bool,
+    /// When ICE and DTLS came up.
+    pub connected_at: Option<Instant>,
+    /// The client opened its `sft` data channel, the sign it is fully set up.
+    pub media_started: bool,
     channel: Option<ChannelId>,
     /// Messages produced before the data channel opened. Only the newest
     /// of each type matters: each one carries the whole state.
@@ -102,7 +107,8 @@ impl Client {
             last_rx: now,
             next_timeout: Some(now),
             dirty: false,
-            connected: false,
+            connected_at: None,
+            media_started: false,
             channel: None,
             queued: Vec::new(),
             audio_publish: summary.audio_publish.as_deref().map(Mid::from),
@@ -178,6 +184,19 @@ impl Client {
             .nackable(slot.kind == MediaKind::Video);
         stream.write_rtp(write);
         true
+    }
+
+    /// Whether media may flow to this client. Not before DTLS is up (queued
+    /// packets would arrive as a stale burst), and not before the client
+    /// opened its data channel: some WebRTC stacks start their RTP
+    /// receivers only after DTLS and lose streams whose packets come first.
+    /// A client that never opens the channel gets media a second after DTLS.
+    pub fn media_ready(&self, now: Instant) -> bool {
+        self.media_started || self.connected_at.is_some_and(|t| now.saturating_duration_since(t) >= MEDIA_FALLBACK)
+    }
+
+    pub fn video_slot_count(&self) -> usize {
+        self.video_slots.len()
     }
 
     /// The slot a keyframe request from this client (as a receiver) is about.

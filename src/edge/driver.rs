@@ -18,7 +18,7 @@ use crate::config::{Config, Limits};
 use crate::core::conference::{
     Conference, ConferenceConfig, IncomingRtp, Output as CoreOutput, ParticipantSpec, Routes,
 };
-use crate::core::ids::{ConfId, ConferenceKey, Layer, LinkId, MediaKind, Origin, ParticipantId, StreamKey};
+use crate::core::ids::{ConfId, ConferenceKey, Layer, LinkId, MediaKind, Origin, ParticipantId, SlotRef, StreamKey};
 use crate::core::keyframe::is_vp8_keyframe;
 use crate::core::messages::ClientMessage;
 use crate::federation::framing::{Control, MediaFrame};
@@ -344,9 +344,12 @@ impl Driver {
                 self.drain_conference(number);
             }
             Event::ChannelOpen(channel, label) => {
-                if let Some(client) = self.clients.get_mut(&id) {
-                    client.channel_opened(channel, &label);
-                    self.mark_dirty(id);
+                let Some(client) = self.clients.get_mut(&id) else { return };
+                client.channel_opened(channel, &label);
+                let is_sft = client.is_sft_channel(channel);
+                self.mark_dirty(id);
+                if is_sft {
+                    self.start_media(now, id);
                 }
             }
             Event::ChannelData(data) => {
@@ -362,7 +365,7 @@ impl Driver {
             Event::Connected => {
                 tracing::debug!(participant = %id, "connected");
                 if let Some(client) = self.clients.get_mut(&id) {
-                    client.connected = true;
+                    client.connected_at = Some(now);
                 }
             }
             _ => {}
@@ -423,9 +426,7 @@ impl Driver {
         conference.handle_rtp(now, &incoming, &mut self.routes);
         for forward in self.routes.slots.drain(..) {
             let Some(receiver) = self.clients.get_mut(&forward.receiver) else { continue };
-            // Media queued before DTLS is up would reach the client as a stale
-            // burst the moment it connects; it starts with live packets instead.
-            if !receiver.connected {
+            if !receiver.media_ready(now) {
                 continue;
             }
             if receiver.write_rtp(forward.slot, forward.seq, forward.timestamp, media) {
@@ -614,6 +615,20 @@ impl Driver {
                 self.attachments.remove(&(link, channel));
             }
         }
+    }
+
+    /// The client is ready for media: its slots may have switched before it
+    /// could receive, so their sources are asked for a keyframe.
+    fn start_media(&mut self, now: Instant, id: ParticipantId) {
+        let Some(client) = self.clients.get_mut(&id) else { return };
+        client.media_started = true;
+        let (number, video_slots) = (client.conference_number, client.video_slot_count());
+        if let Some(conference) = self.conferences.get_mut(&number) {
+            for index in 0..video_slots {
+                conference.handle_keyframe_request(now, id, SlotRef { kind: MediaKind::Video, index });
+            }
+        }
+        self.drain_conference(number);
     }
 
     /// Carries out what the conference core asked for.
