@@ -72,6 +72,13 @@ impl DropReason {
     }
 }
 
+const LINKS_HELP: &str = "Federation links to peer SFTs, by state";
+const RELAY_BYTES_HELP: &str = "Bytes on federation relay links";
+
+/// The labelled families that may have no series yet: name, help, type.
+const PEER_FAMILIES: [(&str, &str, &str); 2] =
+    [("sft_federation_links", LINKS_HELP, "gauge"), ("sft_federation_relay_bytes_total", RELAY_BYTES_HELP, "counter")];
+
 pub struct Metrics {
     registry: Registry,
     pub conferences: IntGauge,
@@ -122,13 +129,11 @@ impl Metrics {
         .expect("valid metric");
         let draining =
             IntGauge::new("sft_draining", "1 while the SFT drains and takes no new sessions").expect("valid metric");
-        let federation_links = IntGaugeVec::new(
-            Opts::new("sft_federation_links", "Federation links to peer SFTs, by state"),
-            &["peer_domain", "state"],
-        )
-        .expect("valid metric");
+        let federation_links =
+            IntGaugeVec::new(Opts::new("sft_federation_links", LINKS_HELP), &["peer_domain", "state"])
+                .expect("valid metric");
         let federation_relay_bytes = IntCounterVec::new(
-            Opts::new("sft_federation_relay_bytes_total", "Bytes on federation relay links"),
+            Opts::new("sft_federation_relay_bytes_total", RELAY_BYTES_HELP),
             &["peer_domain", "direction"],
         )
         .expect("valid metric");
@@ -222,7 +227,48 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("the text format is UTF-8")
+        let mut text = String::from_utf8(buf).expect("the text format is UTF-8");
+        // Families whose labels name a peer have no series before the first
+        // link; announce them anyway so scrapers and alerts see the names.
+        for (name, help, kind) in PEER_FAMILIES {
+            if !text.contains(&format!("# TYPE {name} ")) {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            }
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_named_on_a_fresh_server() {
+        let text = Metrics::new().render();
+        for name in [
+            "sft_conferences",
+            "sft_participants",
+            "sft_rtp_packets_forwarded_total",
+            "sft_rtp_bytes_forwarded_total",
+            "sft_join_duration_seconds",
+            "sft_federation_links",
+            "sft_federation_relay_bytes_total",
+            "sft_federation_rejected_total",
+            "sft_sessions_rejected_total",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from:\n{text}");
+        }
+        assert!(text.contains("sft_participants{role=\"remote\"} 0"));
+    }
+
+    #[test]
+    fn peer_families_are_announced_once_they_have_series_too() {
+        let metrics = Metrics::new();
+        metrics.link_state("b.example", "up");
+        let text = metrics.render();
+        assert_eq!(text.matches("# TYPE sft_federation_links ").count(), 1);
+        assert!(text.contains("sft_federation_links{peer_domain=\"b.example\",state=\"up\"} 1"));
     }
 }
 
