@@ -239,6 +239,12 @@ impl Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,11 +275,5 @@ mod tests {
         let text = metrics.render();
         assert_eq!(text.matches("# TYPE sft_federation_links ").count(), 1);
         assert!(text.contains("sft_federation_links{peer_domain=\"b.example\",state=\"up\"} 1"));
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
