@@ -119,6 +119,50 @@ async fn relay_outage_heals_without_rejoining_and_a_vanished_sft_leaves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_relay_connection_after_the_old_one_died_resumes_media_without_rejoining() {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let relay_port = free_udp_port();
+    let proxy = common::proxy::UdpProxy::start(format!("127.0.0.1:{relay_port}").parse().unwrap()).await;
+    // Participants outlive the dead connection (link_timeout 30 s), so what
+    // heals here is the redial, not a rejoin.
+    let patient = |toml: String| toml.replace("link_timeout = 3", "link_timeout = 30");
+    let a_toml = certs
+        .federation_toml("a.example", "127.0.0.1", &format!("relay_public = \"{}\"\n", proxy.addr))
+        .replace("relay_listen = \"127.0.0.1:0\"", &format!("relay_listen = \"127.0.0.1:{relay_port}\""));
+    let a = TestSft::start(&patient(a_toml)).await;
+    let b_toml = certs.federation_toml("b.example", "127.0.0.2", &peers_table(&[("a.example", &a)]));
+    let b = TestSft::start(&patient(b_toml)).await;
+    let a1 = Peer::join(&a, on("a.example", "restart", "a1", 1)).await;
+    let b1 = Peer::join(&b, on("b.example", "restart", "b1", 2)).await;
+    wait_for("media both ways", || a1.heard(2) > 10 && b1.heard(1) > 10).await;
+
+    // Blackhole past the relay's 5 s idle timeout: the QUIC connection dies
+    // on both sides and b keeps redialling into the void.
+    let up = "sft_federation_links{peer_domain=\"a.example\",state=\"up\"}";
+    assert_eq!(b.metric(up).await, 1.0);
+    proxy.cut();
+    let mut polls = 0;
+    while b.metric(up).await != 0.0 {
+        polls += 1;
+        assert!(polls < 200, "b's relay connection never died");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    proxy.restore();
+    let restored = (a1.heard(2), b1.heard(1));
+    common::wait_for_within("media to resume within 2 s", std::time::Duration::from_secs(2), || {
+        a1.heard(2) > restored.0 + 5 && b1.heard(1) > restored.1 + 5
+    })
+    .await;
+    assert_eq!(b.metric(up).await, 1.0, "a new connection is up");
+    assert_eq!(a.metric("sft_federation_links{peer_domain=\"b.example\",state=\"up\"}").await, 1.0);
+    assert_eq!(b.metric("sft_join_duration_seconds_count").await, 1.0, "no SETUP repeated");
+    assert_eq!(a.metric("sft_join_duration_seconds_count").await, 1.0, "no SETUP repeated");
+    assert_eq!(a1.participants(), vec!["a1".to_string(), "b1".to_string()]);
+    assert_eq!(b1.participants(), vec!["a1".to_string(), "b1".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_carries_each_stream_once_however_many_receive_it() {
     let certs = Certs::new(&["a.example", "b.example"]);
     let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;

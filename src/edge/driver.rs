@@ -161,7 +161,7 @@ impl Driver {
             Command::LinkUp { link, peer_domain, connection, control } => {
                 self.link_up(link, peer_domain, connection, control)
             }
-            Command::LinkDown { link } => self.link_down(link),
+            Command::LinkDown { link, connection } => self.link_down(link, connection),
             Command::RelayDatagram { link, datagram } => self.relay_datagram(link, &datagram),
             Command::RelayControl { link, message } => self.relay_control(link, message),
         }
@@ -474,9 +474,14 @@ impl Driver {
     ) {
         let now = Instant::now();
         let bytes_out = self.metrics.relay_bytes(&peer_domain, "out");
+        self.metrics.link_state(&peer_domain, "up");
         let entry =
             self.links.entry(link).or_insert_with(|| Link { peer_domain, connection: None, control: None, bytes_out });
-        entry.connection = Some(connection);
+        // A peer that dials again has given up on its old connection, even if
+        // this side has not noticed yet.
+        if let Some(old) = entry.connection.replace(connection) {
+            old.close(0u32.into(), b"replaced by a newer connection");
+        }
         entry.control = Some(control);
         // A federated node re-attaches its conferences; the anchor re-sends rosters.
         for (number, channel) in self.channels.on_link(link) {
@@ -490,12 +495,15 @@ impl Driver {
         }
     }
 
-    fn link_down(&mut self, link: LinkId) {
+    fn link_down(&mut self, link: LinkId, connection: usize) {
         let now = Instant::now();
-        if let Some(l) = self.links.get_mut(&link) {
-            l.connection = None;
-            l.control = None;
+        let Some(l) = self.links.get_mut(&link) else { return };
+        if l.connection.as_ref().is_none_or(|current| current.stable_id() != connection) {
+            return;
         }
+        l.connection = None;
+        l.control = None;
+        self.metrics.link_state(&l.peer_domain, "down");
         for (number, _) in self.channels.on_link(link) {
             if let Some(conference) = self.conferences.get_mut(&number) {
                 conference.link_lost(now, link);

@@ -48,13 +48,38 @@ pub enum JoinError {
 }
 
 enum Command {
-    Join { request: JoinRequest, reply: oneshot::Sender<Result<String, JoinError>> },
-    Leave { conf_id: ConfId, sessid: String, reply: oneshot::Sender<bool> },
-    Stats { reply: oneshot::Sender<EdgeStats> },
-    LinkUp { link: LinkId, peer_domain: String, connection: quinn::Connection, control: mpsc::Sender<Control> },
-    LinkDown { link: LinkId },
-    RelayDatagram { link: LinkId, datagram: bytes::Bytes },
-    RelayControl { link: LinkId, message: Control },
+    Join {
+        request: JoinRequest,
+        reply: oneshot::Sender<Result<String, JoinError>>,
+    },
+    Leave {
+        conf_id: ConfId,
+        sessid: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Stats {
+        reply: oneshot::Sender<EdgeStats>,
+    },
+    LinkUp {
+        link: LinkId,
+        peer_domain: String,
+        connection: quinn::Connection,
+        control: mpsc::Sender<Control>,
+    },
+    /// `connection` is the ended connection's `stable_id`: a link already
+    /// replaced by a newer connection stays up.
+    LinkDown {
+        link: LinkId,
+        connection: usize,
+    },
+    RelayDatagram {
+        link: LinkId,
+        datagram: bytes::Bytes,
+    },
+    RelayControl {
+        link: LinkId,
+        message: Control,
+    },
 }
 
 /// The signalling side's handle on the media edge.
@@ -90,8 +115,8 @@ impl EdgeHandle {
         let _ = self.commands.send(Command::LinkUp { link, peer_domain, connection, control }).await;
     }
 
-    pub(crate) async fn link_down(&self, link: LinkId) {
-        let _ = self.commands.send(Command::LinkDown { link }).await;
+    pub(crate) async fn link_down(&self, link: LinkId, connection: usize) {
+        let _ = self.commands.send(Command::LinkDown { link, connection }).await;
     }
 
     pub(crate) async fn relay_datagram(&self, link: LinkId, datagram: bytes::Bytes) {

@@ -33,8 +33,15 @@ pub use trust::Rejection;
 use trust::Trust;
 
 const FIRST_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A redial gives up after this and starts afresh: a handshake begun while
+/// the path was down would otherwise wait out QUIC's growing Initial
+/// retransmission timer (1 s, 2 s, ...) long after the path is back. Each
+/// attempt is one Initial, so short attempts cost an unreachable peer little.
+const REDIAL_ATTEMPT: Duration = Duration::from_millis(750);
 const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// With `REDIAL_ATTEMPT`, bounds the time from the path's return to a new
+/// connection at about a second.
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Error)]
 pub enum FederationError {
@@ -173,7 +180,12 @@ impl Federation {
         let mut backoff = BACKOFF_START;
         loop {
             self.metrics.link_state(&domain, "connecting");
-            match relay::dial(&self.endpoint, &self.trust.domain, &domain, &relay).await {
+            let attempt = if first.is_some() { FIRST_DIAL_TIMEOUT } else { REDIAL_ATTEMPT };
+            let dialled =
+                tokio::time::timeout(attempt, relay::dial(&self.endpoint, &self.trust.domain, &domain, &relay))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("relay {relay}: no answer within {attempt:?}")));
+            match dialled {
                 Ok((connection, send, recv)) => {
                     if let Some(first) = first.take() {
                         let _ = first.send(Ok(()));
