@@ -410,7 +410,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.domain, "a.example");
-        assert_eq!(config.media.public_addr, "203.0.113.7:30000".parse().unwrap());
+        assert_eq!(config.media.public_addr, "203.0.113.7:30000".parse::<SocketAddr>().unwrap());
         assert_eq!(config.media.idle_timeout, Duration::from_millis(2500));
     }
 

@@ -11,7 +11,10 @@ pub mod core;
 pub mod drain;
 pub mod edge;
 pub mod federation;
+#[cfg(feature = "load")]
+pub mod load;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod signalling;
 pub mod tls;

@@ -235,6 +235,17 @@ impl Metrics {
                 text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             }
         }
+        // The standard process families, which the prometheus crate only
+        // offers through a procfs dependency.
+        if let Ok(usage) = crate::process::usage("self") {
+            text.push_str(&format!(
+                "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+                 # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n\
+                 # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+                 # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+                usage.cpu_seconds, usage.rss_bytes
+            ));
+        }
         text
     }
 }
@@ -253,6 +264,8 @@ mod tests {
     fn every_contract_metric_is_named_on_a_fresh_server() {
         let text = Metrics::new().render();
         for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
             "sft_conferences",
             "sft_participants",
             "sft_rtp_packets_forwarded_total",

@@ -68,6 +68,11 @@ pub struct Client {
     pub next_timeout: Option<Instant>,
     /// Set while the client has output to poll; keeps it in the dirty list once.
     pub dirty: bool,
+    /// RTP was written since this client's clock last moved. str0m sends a
+    /// written packet only once time advances (an input), so the driver feeds
+    /// a timeout before polling; without it the packet would wait for the
+    /// client's next STUN or RTCP packet, up to a second later.
+    pub media_queued: bool,
     /// When ICE and DTLS came up.
     pub connected_at: Option<Instant>,
     /// The client opened its `sft` data channel, the sign it is fully set up.
@@ -107,6 +112,7 @@ impl Client {
             last_rx: now,
             next_timeout: Some(now),
             dirty: false,
+            media_queued: false,
             connected_at: None,
             media_started: false,
             channel: None,
@@ -183,6 +189,7 @@ impl Client {
             .ext_vals(ext_vals)
             .nackable(slot.kind == MediaKind::Video);
         stream.write_rtp(write);
+        self.media_queued = true;
         true
     }
 

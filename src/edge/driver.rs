@@ -299,11 +299,13 @@ impl Driver {
 
     /// Polls every client with pending work until nothing is left: their
     /// events feed the core, the core's forwards make more clients dirty.
+    /// Events may also be waiting from sessions polled as their datagrams
+    /// arrived, with no client dirty at all.
     fn settle(&mut self) {
         let now = Instant::now();
-        while !self.dirty.is_empty() || !self.ended.is_empty() {
+        while !self.dirty.is_empty() || !self.events.is_empty() || !self.ended.is_empty() {
             while let Some(id) = self.dirty.pop() {
-                self.poll_client(id);
+                self.poll_client(now, id);
             }
             let mut events = std::mem::take(&mut self.events);
             for (id, event) in events.drain(..) {
@@ -320,8 +322,11 @@ impl Driver {
         }
     }
 
-    fn poll_client(&mut self, id: ParticipantId) {
+    fn poll_client(&mut self, now: Instant, id: ParticipantId) {
         if let Some(client) = self.clients.get_mut(&id) {
+            if std::mem::take(&mut client.media_queued) && client.rtc.handle_input(Input::Timeout(now)).is_err() {
+                self.ended.push((id, "webrtc-error"));
+            }
             let mut sink = Sink {
                 metrics: &self.metrics,
                 outgoing: &mut self.outgoing,

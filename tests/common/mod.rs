@@ -8,35 +8,24 @@ pub mod ivf;
 pub mod proxy;
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sft::config::Config;
+use sft::load::rtc::{self, VideoTrack};
 use sft::server::Server;
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
-use webrtc::api::setting_engine::SettingEngine;
-use webrtc::api::APIBuilder;
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::data_channel::RTCDataChannel;
-use webrtc::ice::network_type::NetworkType;
-use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
-use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use webrtc::rtp::extension::HeaderExtension;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType};
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
-use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
-use webrtc::track::track_local::TrackLocal;
 
 /// Both rustls backends are in the test build (aws-lc-rs from sft, ring from
 /// webrtc-rs), so rustls cannot pick one by itself: the tests pick sft's.
@@ -191,36 +180,6 @@ impl Peer {
     }
 }
 
-async fn new_peer_connection() -> Arc<RTCPeerConnection> {
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().unwrap();
-    for (uri, kind) in [
-        ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", RTPCodecType::Audio),
-        ("urn:ietf:params:rtp-hdrext:sdes:mid", RTPCodecType::Audio),
-        ("urn:ietf:params:rtp-hdrext:sdes:mid", RTPCodecType::Video),
-        ("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id", RTPCodecType::Video),
-    ] {
-        media.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, kind, None).unwrap();
-    }
-    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
-    let mut settings = SettingEngine::default();
-    // Loopback only: no packet of a test may leave this machine.
-    settings.set_ip_filter(Box::new(|ip: IpAddr| ip.is_loopback()));
-    settings.set_include_loopback_candidate(true);
-    settings.set_network_types(vec![NetworkType::Udp4]);
-    let api = APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .with_setting_engine(settings)
-        .build();
-    Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.unwrap())
-}
-
-fn codec(mime: &str) -> RTCRtpCodecCapability {
-    let (clock_rate, channels) = if mime == MIME_TYPE_OPUS { (48_000, 2) } else { (90_000, 0) };
-    RTCRtpCodecCapability { mime_type: mime.into(), clock_rate, channels, ..Default::default() }
-}
-
 impl Peer {
     /// Builds the offer, SETUPs at `sft` and waits for the data channel.
     pub async fn join(sft: &TestSft, options: PeerOptions) -> Self {
@@ -250,71 +209,20 @@ impl Peer {
     /// A peer with its offer made (gathering complete), not yet sent anywhere.
     pub async fn offer_only(options: PeerOptions) -> Self {
         install_crypto_provider();
-        let pc = new_peer_connection().await;
+        let pc = rtc::loopback_peer_connection().await.unwrap();
         let state = Arc::new(Mutex::new(PeerState::default()));
         let publishing = Arc::new(AtomicBool::new(true));
         let plis_received = Arc::new(AtomicU64::new(0));
         if options.audio {
-            let track =
-                Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_OPUS), "audio".into(), options.userid.clone()));
-            let init =
-                RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
-            pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init))
-                .await
-                .unwrap();
+            let track = rtc::add_audio(&pc, &options.userid).await.unwrap();
             tokio::spawn(publish_audio(track, options.marker, options.audio_level, publishing.clone()));
         }
-        match options.video {
-            Video::None => {}
-            Video::Single => {
-                let track =
-                    Arc::new(TrackLocalStaticSample::new(codec(MIME_TYPE_VP8), "video".into(), options.userid.clone()));
-                let init =
-                    RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
-                let transceiver = pc
-                    .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init))
-                    .await
-                    .unwrap();
-                tokio::spawn(publish_video(
-                    vec![(track, "single")],
-                    transceiver.sender().await,
-                    publishing.clone(),
-                    plis_received.clone(),
-                ));
-            }
-            Video::Simulcast => {
-                let tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)> = ["l", "m", "h"]
-                    .into_iter()
-                    .map(|rid| {
-                        let track = TrackLocalStaticSample::new_with_rid(
-                            codec(MIME_TYPE_VP8),
-                            "video".into(),
-                            rid.into(),
-                            options.userid.clone(),
-                        );
-                        (Arc::new(track), rid)
-                    })
-                    .collect();
-                let init =
-                    RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
-                let transceiver = pc
-                    .add_transceiver_from_track(tracks[0].0.clone() as Arc<dyn TrackLocal + Send + Sync>, Some(init))
-                    .await
-                    .unwrap();
-                let sender = transceiver.sender().await;
-                for (track, _) in &tracks[1..] {
-                    sender.add_encoding(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.unwrap();
-                }
-                tokio::spawn(publish_video(tracks, sender, publishing.clone(), plis_received.clone()));
-            }
+        if options.video != Video::None {
+            let (tracks, sender) =
+                rtc::add_video(&pc, &options.userid, options.video == Video::Simulcast).await.unwrap();
+            tokio::spawn(publish_video(tracks, sender, publishing.clone(), plis_received.clone()));
         }
-        for (kind, count) in [(RTPCodecType::Audio, options.audio_slots), (RTPCodecType::Video, options.video_slots)] {
-            for _ in 0..count {
-                let init =
-                    RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] };
-                pc.add_transceiver_from_kind(kind, Some(init)).await.unwrap();
-            }
-        }
+        rtc::add_receive_slots(&pc, options.audio_slots, options.video_slots).await.unwrap();
         let reader_state = state.clone();
         pc.on_track(Box::new(move |track, _receiver, transceiver| {
             let state = reader_state.clone();
@@ -480,7 +388,7 @@ async fn publish_audio(track: Arc<TrackLocalStaticSample>, marker: u8, level: u8
 /// Plays each layer's IVF file in a loop at 15 fps; a PLI restarts every
 /// layer at its keyframe.
 async fn publish_video(
-    tracks: Vec<(Arc<TrackLocalStaticSample>, &'static str)>,
+    tracks: Vec<VideoTrack>,
     sender: Arc<RTCRtpSender>,
     publishing: Arc<AtomicBool>,
     plis_received: Arc<AtomicU64>,

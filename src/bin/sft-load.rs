@@ -1,0 +1,134 @@
+//! `sft-load`: joins synthetic WebRTC participants to SFTs on this machine
+//! and reports join latency, received rates, loss, end-to-end latency and
+//! the SFT's CPU and memory. See `docs/performance.md`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use sft::load::run::{self, LoadPlan, Progress};
+use sft::load::usage::Probe;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Load-test SFTs with synthetic WebRTC participants (loopback only)")]
+struct Args {
+    /// Signalling base URL of an SFT; repeat to spread each conference over
+    /// federated SFTs (the first is the anchor).
+    #[arg(long = "sft", default_value = "http://127.0.0.1:8585")]
+    sfts: Vec<String>,
+    /// The first SFT's domain, named as the anchor by peers on the others.
+    #[arg(long)]
+    anchor_domain: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    conferences: usize,
+    /// Participants per conference.
+    #[arg(long, default_value_t = 4)]
+    participants: usize,
+    /// Publishing participants per conference (default: all).
+    #[arg(long)]
+    publishers: Option<usize>,
+    /// Publish three simulcast layers (full, 1/4 and 1/16 of --video-kbps).
+    #[arg(long)]
+    simulcast: bool,
+    #[arg(long, default_value_t = 500)]
+    video_kbps: u32,
+    /// Seconds to measure once everyone has joined.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds over which joins are spread.
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
+    /// Receive slots per kind and participant.
+    #[arg(long, default_value_t = 4)]
+    slots: usize,
+    /// Read an SFT's CPU and memory from /proc/PID (repeatable).
+    #[arg(long = "sft-pid")]
+    sft_pids: Vec<u32>,
+    /// Read an SFT's CPU and memory from its /metrics URL (repeatable).
+    #[arg(long = "sft-metrics")]
+    sft_metrics: Vec<String>,
+    /// Print the report as JSON on stdout (no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+fn seconds(value: f64, name: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value).map_err(|_| format!("--{name} must be a number of seconds, not {value}"))
+}
+
+fn plan(args: &Args) -> Result<LoadPlan, String> {
+    let probes = args.sft_pids.iter().map(|pid| Probe::Pid(*pid));
+    let probes = probes.chain(args.sft_metrics.iter().map(|url| Probe::Metrics(url.clone()))).collect();
+    Ok(LoadPlan {
+        sfts: args.sfts.clone(),
+        anchor_domain: args.anchor_domain.clone(),
+        conferences: args.conferences,
+        participants: args.participants,
+        publishers: args.publishers.unwrap_or(args.participants),
+        simulcast: args.simulcast,
+        video_kbps: args.video_kbps,
+        duration: seconds(args.duration, "duration")?,
+        ramp: seconds(args.ramp, "ramp")?,
+        slots: args.slots,
+        probes,
+    })
+}
+
+fn progress_bar(progress: &Progress) {
+    const WIDTH: usize = 30;
+    let done = progress.measured.as_secs_f64() / progress.duration.as_secs_f64().max(f64::EPSILON);
+    let filled = ((done * WIDTH as f64) as usize).min(WIDTH);
+    let mut stderr = std::io::stderr().lock();
+    let _ = write!(
+        stderr,
+        "\r[{}{}] {:>4.0}/{:.0} s  joined {}/{}{}  receiving {:.1} Mbit/s   ",
+        "#".repeat(filled),
+        " ".repeat(WIDTH - filled),
+        progress.measured.as_secs_f64(),
+        progress.duration.as_secs_f64(),
+        progress.joined,
+        progress.peers,
+        if progress.failed > 0 { format!(" ({} failed)", progress.failed) } else { String::new() },
+        progress.receive_bits_per_second / 1e6,
+    );
+    let _ = stderr.flush();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let plan = match plan(&args).and_then(|plan| plan.check().map(|()| plan).map_err(|e| e.to_string())) {
+        Ok(plan) => plan,
+        Err(why) => {
+            eprintln!("sft-load: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let json = args.json;
+    let report = runtime.block_on(run::run(&plan, |progress| {
+        if !json {
+            progress_bar(progress);
+        }
+    }));
+    match report {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
+            } else {
+                eprintln!();
+                print!("{}", report.table());
+            }
+            if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(why) => {
+            eprintln!("sft-load: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}

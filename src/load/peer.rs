@@ -1,0 +1,235 @@
+//! One synthetic participant: joins through the contract's SETUP, publishes
+//! tagged audio and (simulcast) video, and accounts for what it receives.
+#![allow(clippy::disallowed_methods)] // a load peer measures real time
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use webrtc::media::Sample;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
+
+use super::rtc::{self, VideoTrack};
+use super::stats::{ReceiveStats, Received};
+use super::synthetic::{self, Tag};
+use super::LoadError;
+
+const FRAME_INTERVAL: Duration = Duration::from_millis(33);
+const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
+const AUDIO_FRAME_BYTES: usize = 80;
+/// A keyframe this often even without a PLI, like a real encoder's GOP.
+const KEYFRAME_EVERY: usize = 90;
+/// Waits for the SETUP answer and for ICE + DTLS + the data channel.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What one peer does.
+#[derive(Debug, Clone)]
+pub struct PeerPlan {
+    /// The SFT's signalling base URL (`http://127.0.0.1:8585`).
+    pub sft: String,
+    pub conf_id: String,
+    pub userid: String,
+    /// Set when the peer's SFT is a federated node of the conference.
+    pub anchor_domain: Option<String>,
+    /// Unique per run: receivers learn who they heard from it.
+    pub sender: u32,
+    pub publish: bool,
+    pub simulcast: bool,
+    /// Bitrate of the (top) video layer; lower layers get 1/4 and 1/16.
+    pub video_kbps: u32,
+    pub audio_slots: usize,
+    pub video_slots: usize,
+}
+
+/// A joined peer.
+pub struct LoadPeer {
+    pub plan: PeerPlan,
+    pc: Arc<RTCPeerConnection>,
+    pub stats: Arc<Mutex<ReceiveStats>>,
+    pub join_latency: Duration,
+    publishing: Arc<AtomicBool>,
+}
+
+impl LoadPeer {
+    /// Joins and starts publishing; `epoch` is the run's clock for tags.
+    pub async fn join(plan: PeerPlan, epoch: Instant, http: &reqwest::Client) -> Result<Self, LoadError> {
+        let pc = rtc::loopback_peer_connection().await?;
+        let publishing = Arc::new(AtomicBool::new(true));
+        let mut audio = None;
+        let mut video = None;
+        if plan.publish {
+            audio = Some(rtc::add_audio(&pc, &plan.userid).await?);
+            video = Some(rtc::add_video(&pc, &plan.userid, plan.simulcast).await?);
+        }
+        rtc::add_receive_slots(&pc, plan.audio_slots, plan.video_slots).await?;
+        let stats = Arc::new(Mutex::new(ReceiveStats::default()));
+        record_received(&pc, stats.clone(), epoch);
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let opened_tx = Mutex::new(Some(opened_tx));
+        let channel = pc.create_data_channel("sft", None).await?;
+        channel.on_open(Box::new(move || {
+            if let Some(tx) = opened_tx.lock().expect("open lock").take() {
+                let _ = tx.send(());
+            }
+            Box::pin(async {})
+        }));
+        let offer = pc.create_offer(None).await?;
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer).await?;
+        let _ = gathered.recv().await;
+        let sdp = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
+
+        let started = Instant::now();
+        let answer = tokio::time::timeout(JOIN_TIMEOUT, setup(http, &plan, &sdp))
+            .await
+            .map_err(|_| LoadError::Join(plan.userid.clone(), "no SETUP answer".into()))??;
+        pc.set_remote_description(RTCSessionDescription::answer(answer)?).await?;
+        tokio::time::timeout(JOIN_TIMEOUT.saturating_sub(started.elapsed()), opened)
+            .await
+            .map_err(|_| LoadError::Join(plan.userid.clone(), "the data channel never opened".into()))?
+            .map_err(|_| LoadError::Join(plan.userid.clone(), "the connection closed".into()))?;
+        let join_latency = started.elapsed();
+
+        if let Some(track) = audio {
+            tokio::spawn(publish_audio(track, plan.sender, epoch, publishing.clone()));
+        }
+        if let Some((tracks, sender)) = video {
+            let keyframe_wanted = Arc::new(AtomicBool::new(false));
+            let wanted = keyframe_wanted.clone();
+            tokio::spawn(async move {
+                while let Ok((packets, _)) = sender.read_rtcp().await {
+                    if packets.iter().any(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()) {
+                        wanted.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+            let layers = Layers { tracks, video_kbps: plan.video_kbps };
+            tokio::spawn(publish_video(layers, plan.sender, epoch, keyframe_wanted, publishing.clone()));
+        }
+        Ok(Self { plan, pc, stats, join_latency, publishing })
+    }
+
+    pub async fn close(&self) {
+        self.publishing.store(false, Ordering::Relaxed);
+        let _ = self.pc.close().await;
+    }
+}
+
+async fn setup(http: &reqwest::Client, plan: &PeerPlan, sdp: &str) -> Result<String, LoadError> {
+    let sessid = format!("{}-{}", plan.userid, rand::random::<u32>());
+    let mut body = json!({
+        "version": "3.0", "type": "SETUP", "sessid": sessid, "resp": false,
+        "src_userid": plan.userid, "src_clientid": format!("{}-load", plan.userid),
+        "props": { "type": "offer", "sdp": sdp }
+    });
+    if let Some(domain) = &plan.anchor_domain {
+        body["anchor"] = json!({ "domain": domain, "url": format!("https://{domain}") });
+    }
+    let url = format!("{}/sft/{}", plan.sft.trim_end_matches('/'), plan.conf_id);
+    let fail = |why: String| LoadError::Join(plan.userid.clone(), why);
+    let response = http.post(&url).json(&body).send().await.map_err(|e| fail(format!("{url}: {e}")))?;
+    let status = response.status();
+    let answer: Value = response.json().await.map_err(|e| fail(format!("{url}: {e}")))?;
+    if !status.is_success() {
+        return Err(fail(format!("{url}: {status} {answer}")));
+    }
+    answer["props"]["sdp"].as_str().map(str::to_owned).ok_or_else(|| fail(format!("{url}: no SDP in {answer}")))
+}
+
+fn micros_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
+fn record_received(pc: &RTCPeerConnection, stats: Arc<Mutex<ReceiveStats>>, epoch: Instant) {
+    pc.on_track(Box::new(move |track, _receiver, _transceiver| {
+        let stats = stats.clone();
+        let video = track.kind() == RTPCodecType::Video;
+        tokio::spawn(async move {
+            while let Ok((packet, _)) = track.read_rtp().await {
+                let tagged = synthetic::read_tag(&packet.payload, video)
+                    .map(|tag| (tag.sender, micros_since(epoch).saturating_sub(tag.sent_micros)));
+                let received = Received {
+                    ssrc: packet.header.ssrc,
+                    seq: packet.header.sequence_number,
+                    marker: packet.header.marker,
+                    video,
+                    payload_len: packet.payload.len(),
+                    tagged,
+                };
+                stats.lock().expect("stats lock").record(&received);
+            }
+        });
+        Box::pin(async {})
+    }));
+}
+
+async fn publish_audio(track: Arc<TrackLocalStaticSample>, sender: u32, epoch: Instant, publishing: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(AUDIO_INTERVAL);
+    while publishing.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let tag = Tag { sender, sent_micros: micros_since(epoch) };
+        let sample = Sample {
+            data: synthetic::audio_frame(tag, AUDIO_FRAME_BYTES).into(),
+            duration: AUDIO_INTERVAL,
+            ..Default::default()
+        };
+        if track.write_sample(&sample).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Layers {
+    tracks: Vec<VideoTrack>,
+    video_kbps: u32,
+}
+
+impl Layers {
+    /// Picture size and frame bytes of a layer; keyframes are 3× larger.
+    fn shape(&self, rid: &str, keyframe: bool) -> (u16, u16, usize) {
+        let (width, height, divisor) = match rid {
+            "l" => (320, 180, 16),
+            "m" => (640, 360, 4),
+            _ => (1280, 720, 1),
+        };
+        let frames_per_second = 1000 / FRAME_INTERVAL.as_millis() as usize;
+        let bytes = self.video_kbps as usize * 1000 / 8 / divisor / frames_per_second;
+        (width, height, if keyframe { bytes * 3 } else { bytes })
+    }
+}
+
+async fn publish_video(
+    layers: Layers,
+    sender: u32,
+    epoch: Instant,
+    keyframe_wanted: Arc<AtomicBool>,
+    publishing: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(FRAME_INTERVAL);
+    let mut frame = 0usize;
+    while publishing.load(Ordering::Relaxed) {
+        tick.tick().await;
+        if keyframe_wanted.swap(false, Ordering::Relaxed) {
+            frame = 0;
+        }
+        let keyframe = frame.is_multiple_of(KEYFRAME_EVERY);
+        for (track, rid) in &layers.tracks {
+            let (width, height, size) = layers.shape(rid, keyframe);
+            let tag = Tag { sender, sent_micros: micros_since(epoch) };
+            let sample = Sample {
+                data: synthetic::video_frame(tag, keyframe, width, height, size).into(),
+                duration: FRAME_INTERVAL,
+                ..Default::default()
+            };
+            if track.write_sample(&sample).await.is_err() {
+                return;
+            }
+        }
+        frame += 1;
+    }
+}

@@ -1,0 +1,218 @@
+//! The result of a load run: as a table for people, as JSON for machines.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::peer::PeerPlan;
+use super::run::LoadPlan;
+use super::stats::{percentile, Totals};
+use crate::process::Usage;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub sfts: Vec<String>,
+    pub conferences: usize,
+    pub participants: usize,
+    pub publishers: usize,
+    pub simulcast: bool,
+    pub video_kbps: u32,
+    pub window_seconds: f64,
+    pub peers: usize,
+    pub joined: usize,
+    pub failures: Vec<String>,
+    pub join_ms: Percentiles,
+    pub latency_ms: Percentiles,
+    /// Mean over peers.
+    pub receive_kbps: f64,
+    /// Mean over peers: video frames received per second (all slots).
+    pub video_fps: f64,
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub loss_percent: f64,
+    /// Peers that heard every publisher of their conference.
+    pub peers_hearing_everyone: usize,
+    pub sft_usage: Vec<SftUsage>,
+    pub per_peer: Vec<PeerReport>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+impl Percentiles {
+    fn of(samples: &mut [u32], scale: f64) -> Self {
+        let at = |samples: &mut [u32], p| percentile(samples, p).map(|v| f64::from(v) * scale);
+        Self { p50: at(samples, 50.0), p95: at(samples, 95.0), p99: at(samples, 99.0) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    pub userid: String,
+    pub conf_id: String,
+    pub sft: String,
+    pub join_ms: f64,
+    pub heard_from: usize,
+    pub expected_from: usize,
+    pub packets: u64,
+    pub lost: u64,
+    pub receive_kbps: f64,
+    pub video_fps: f64,
+}
+
+impl PeerReport {
+    pub fn new(
+        plan: &PeerPlan,
+        join: Duration,
+        heard_from: usize,
+        expected_from: usize,
+        totals: Totals,
+        window: Duration,
+    ) -> Self {
+        let seconds = window.as_secs_f64().max(f64::EPSILON);
+        Self {
+            userid: plan.userid.clone(),
+            conf_id: plan.conf_id.clone(),
+            sft: plan.sft.clone(),
+            join_ms: join.as_secs_f64() * 1000.0,
+            heard_from,
+            expected_from,
+            packets: totals.packets,
+            lost: totals.lost(),
+            receive_kbps: totals.bytes as f64 * 8.0 / 1000.0 / seconds,
+            video_fps: totals.video_frames as f64 / seconds,
+        }
+    }
+}
+
+/// The SFT's resource use over the measurement window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SftUsage {
+    pub probe: String,
+    pub cpu_seconds: Option<f64>,
+    /// CPU time over wall time (100 = one core busy).
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Who joined and how long the window lasted.
+pub struct RunWindow {
+    pub peers: usize,
+    pub failures: Vec<String>,
+    pub window: Duration,
+}
+
+type UsageReading = (String, Result<Usage, String>, Result<Usage, String>);
+
+impl Report {
+    pub fn new(
+        plan: &LoadPlan,
+        run: RunWindow,
+        per_peer: Vec<PeerReport>,
+        mut latencies_micros: Vec<u32>,
+        usage: Vec<UsageReading>,
+    ) -> Self {
+        let mut join_micros: Vec<u32> = per_peer.iter().map(|p| (p.join_ms * 1000.0) as u32).collect();
+        let packets: u64 = per_peer.iter().map(|p| p.packets).sum();
+        let lost: u64 = per_peer.iter().map(|p| p.lost).sum();
+        let mean = |f: fn(&PeerReport) -> f64| {
+            if per_peer.is_empty() {
+                0.0
+            } else {
+                per_peer.iter().map(f).sum::<f64>() / per_peer.len() as f64
+            }
+        };
+        let seconds = run.window.as_secs_f64().max(f64::EPSILON);
+        let sft_usage = usage
+            .into_iter()
+            .map(|(probe, start, end)| match (start, end) {
+                (Ok(start), Ok(end)) => SftUsage {
+                    probe,
+                    cpu_seconds: Some(end.cpu_seconds - start.cpu_seconds),
+                    cpu_percent: Some((end.cpu_seconds - start.cpu_seconds) / seconds * 100.0),
+                    rss_bytes: Some(end.rss_bytes),
+                    error: None,
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    SftUsage { probe, cpu_seconds: None, cpu_percent: None, rss_bytes: None, error: Some(e) }
+                }
+            })
+            .collect();
+        Self {
+            sfts: plan.sfts.clone(),
+            conferences: plan.conferences,
+            participants: plan.participants,
+            publishers: plan.publishers,
+            simulcast: plan.simulcast,
+            video_kbps: plan.video_kbps,
+            window_seconds: seconds,
+            peers: run.peers,
+            joined: per_peer.len(),
+            failures: run.failures,
+            join_ms: Percentiles::of(&mut join_micros, 0.001),
+            latency_ms: Percentiles::of(&mut latencies_micros, 0.001),
+            receive_kbps: mean(|p| p.receive_kbps),
+            video_fps: mean(|p| p.video_fps),
+            packets_received: packets,
+            packets_lost: lost,
+            loss_percent: if packets + lost == 0 { 0.0 } else { lost as f64 * 100.0 / (packets + lost) as f64 },
+            peers_hearing_everyone: per_peer.iter().filter(|p| p.heard_from == p.expected_from).count(),
+            sft_usage,
+            per_peer,
+        }
+    }
+
+    /// The final table.
+    pub fn table(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "sft-load: {} conference(s) × {} participants ({} publishing{}), {:.0} s window",
+            self.conferences,
+            self.participants,
+            self.publishers,
+            if self.simulcast { ", simulcast" } else { "" },
+            self.window_seconds
+        );
+        let rows = [
+            ("joined", format!("{} / {}", self.joined, self.peers)),
+            (
+                "join p50 / p95 / p99",
+                format!("{} / {} / {}", ms(self.join_ms.p50), ms(self.join_ms.p95), ms(self.join_ms.p99)),
+            ),
+            ("end-to-end p50 / p99", format!("{} / {}", ms(self.latency_ms.p50), ms(self.latency_ms.p99))),
+            ("received per peer", format!("{:.0} kbit/s, {:.1} video frames/s", self.receive_kbps, self.video_fps)),
+            (
+                "packet loss",
+                format!(
+                    "{:.3} % ({} of {})",
+                    self.loss_percent,
+                    self.packets_lost,
+                    self.packets_received + self.packets_lost
+                ),
+            ),
+            ("heard every publisher", format!("{} / {} peers", self.peers_hearing_everyone, self.joined)),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(out, "  {name:<24} {value}");
+        }
+        for usage in &self.sft_usage {
+            let value = match (&usage.error, usage.cpu_percent, usage.rss_bytes) {
+                (None, Some(cpu), Some(rss)) => format!("{cpu:.1} % CPU, {:.1} MiB RSS", rss as f64 / 1048576.0),
+                (error, _, _) => format!("unavailable: {}", error.as_deref().unwrap_or("?")),
+            };
+            let _ = writeln!(out, "  {:<24} {value}", format!("SFT {}", usage.probe));
+        }
+        for failure in &self.failures {
+            let _ = writeln!(out, "  failed: {failure}");
+        }
+        out
+    }
+}

@@ -1,0 +1,166 @@
+//! What one load peer received: per-stream packet accounting (loss from
+//! sequence numbers), frames, bytes, who was heard, and latency samples.
+
+use std::collections::{HashMap, HashSet};
+
+/// Latency samples kept per peer; later ones are dropped (a run is bounded,
+/// so is its memory).
+const MAX_LATENCY_SAMPLES: usize = 200_000;
+
+/// One received RTP stream (one receive slot: the SFT keeps its SSRC and
+/// sequence numbers continuous across source switches).
+#[derive(Debug, Default, Clone)]
+struct Stream {
+    /// First and highest extended sequence number seen.
+    first: Option<u64>,
+    highest: u64,
+    packets: u64,
+}
+
+impl Stream {
+    fn record(&mut self, seq: u16) {
+        self.packets += 1;
+        let Some(first) = self.first else {
+            self.first = Some(u64::from(seq));
+            self.highest = u64::from(seq);
+            return;
+        };
+        // Extend the 16-bit number to the value nearest the highest so far.
+        let delta = seq.wrapping_sub(self.highest as u16) as i16;
+        let extended = (self.highest as i64 + i64::from(delta)).max(first as i64) as u64;
+        self.highest = self.highest.max(extended);
+    }
+
+    fn expected(&self) -> u64 {
+        self.first.map_or(0, |first| self.highest - first + 1)
+    }
+}
+
+/// Totals over a peer's receive streams; subtract two to get a window.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub packets: u64,
+    pub expected: u64,
+    pub bytes: u64,
+    pub video_frames: u64,
+}
+
+impl Totals {
+    pub fn since(self, earlier: Totals) -> Totals {
+        Totals {
+            packets: self.packets - earlier.packets,
+            expected: self.expected.saturating_sub(earlier.expected),
+            bytes: self.bytes - earlier.bytes,
+            video_frames: self.video_frames - earlier.video_frames,
+        }
+    }
+
+    pub fn lost(self) -> u64 {
+        self.expected.saturating_sub(self.packets)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ReceiveStats {
+    streams: HashMap<u32, Stream>,
+    bytes: u64,
+    video_frames: u64,
+    heard: HashSet<u32>,
+    latencies_micros: Vec<u32>,
+}
+
+/// One received RTP packet, as the stats need it.
+pub struct Received {
+    pub ssrc: u32,
+    pub seq: u16,
+    pub marker: bool,
+    pub video: bool,
+    pub payload_len: usize,
+    /// Sender and latency, when the packet starts a tagged frame.
+    pub tagged: Option<(u32, u64)>,
+}
+
+impl ReceiveStats {
+    pub fn record(&mut self, packet: &Received) {
+        self.streams.entry(packet.ssrc).or_default().record(packet.seq);
+        self.bytes += packet.payload_len as u64;
+        if packet.video && packet.marker {
+            self.video_frames += 1;
+        }
+        if let Some((sender, latency_micros)) = packet.tagged {
+            self.heard.insert(sender);
+            if self.latencies_micros.len() < MAX_LATENCY_SAMPLES {
+                self.latencies_micros.push(latency_micros.min(u64::from(u32::MAX)) as u32);
+            }
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            packets: self.streams.values().map(|s| s.packets).sum(),
+            expected: self.streams.values().map(Stream::expected).sum(),
+            bytes: self.bytes,
+            video_frames: self.video_frames,
+        }
+    }
+
+    /// The senders whose tagged frames arrived.
+    pub fn heard(&self) -> &HashSet<u32> {
+        &self.heard
+    }
+
+    /// Takes the latency samples gathered so far.
+    pub fn take_latencies(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.latencies_micros)
+    }
+}
+
+/// The `p`-th percentile (0..=100, nearest rank) of `samples`, sorting them.
+pub fn percentile<T: Copy + Ord>(samples: &mut [T], p: f64) -> Option<T> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil().max(1.0) as usize;
+    Some(samples[rank.min(samples.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(ssrc: u32, seq: u16) -> Received {
+        Received { ssrc, seq, marker: true, video: true, payload_len: 100, tagged: None }
+    }
+
+    #[test]
+    fn losses_are_counted_across_sequence_wraparound() {
+        let mut stats = ReceiveStats::default();
+        for seq in [65_530u16, 65_531, 65_533, 65_535, 0, 1, 3] {
+            stats.record(&packet(1, seq));
+        }
+        let totals = stats.totals();
+        assert_eq!((totals.packets, totals.expected, totals.lost()), (7, 10, 3));
+    }
+
+    #[test]
+    fn reordering_is_not_loss_and_streams_are_separate() {
+        let mut stats = ReceiveStats::default();
+        for seq in [10u16, 12, 11, 13] {
+            stats.record(&packet(1, seq));
+        }
+        stats.record(&packet(2, 500));
+        let totals = stats.totals();
+        assert_eq!((totals.packets, totals.lost(), totals.video_frames, totals.bytes), (5, 0, 5, 500));
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut samples: Vec<u32> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut samples, 50.0), Some(50));
+        assert_eq!(percentile(&mut samples, 99.0), Some(99));
+        assert_eq!(percentile(&mut samples, 100.0), Some(100));
+        assert_eq!(percentile(&mut [7u32], 1.0), Some(7));
+        assert_eq!(percentile::<u32>(&mut [], 50.0), None);
+    }
+}
