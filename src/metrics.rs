@@ -2,7 +2,8 @@
 //! so several servers can run in one process (tests) without mixing counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Why a SETUP was turned away; the `reason` label of `sft_sessions_rejected_total`.
@@ -93,6 +94,7 @@ pub struct Metrics {
     federation_links: IntGaugeVec,
     federation_relay_bytes: IntCounterVec,
     federation_rejected: IntCounterVec,
+    stream_loss: HistogramVec,
 }
 
 impl Metrics {
@@ -142,6 +144,15 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let stream_loss = HistogramVec::new(
+            HistogramOpts::new(
+                "sft_stream_loss_ratio",
+                "Fraction of packets lost per stream and stats interval (RTCP): in = client to SFT, out = SFT to client",
+            )
+            .buckets(vec![0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
+            &["direction"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(conferences.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(participants.clone()),
@@ -155,6 +166,7 @@ impl Metrics {
             Box::new(federation_links.clone()),
             Box::new(federation_relay_bytes.clone()),
             Box::new(federation_rejected.clone()),
+            Box::new(stream_loss.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -171,6 +183,9 @@ impl Metrics {
         for reason in crate::federation::Rejection::ALL {
             federation_rejected.with_label_values(&[reason.label()]);
         }
+        for direction in ["in", "out"] {
+            stream_loss.with_label_values(&[direction]);
+        }
         Self {
             registry,
             conferences,
@@ -185,7 +200,14 @@ impl Metrics {
             federation_links,
             federation_relay_bytes,
             federation_rejected,
+            stream_loss,
         }
+    }
+
+    /// One stream's loss over a stats interval; `direction` is `in` (client
+    /// to SFT, measured here) or `out` (SFT to client, as the client reports).
+    pub fn stream_loss(&self, direction: &str, ratio: f32) {
+        self.stream_loss.with_label_values(&[direction]).observe(f64::from(ratio.clamp(0.0, 1.0)));
     }
 
     pub fn local_participants(&self) -> IntGauge {
@@ -275,6 +297,7 @@ mod tests {
             "sft_federation_relay_bytes_total",
             "sft_federation_rejected_total",
             "sft_sessions_rejected_total",
+            "sft_stream_loss_ratio",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from:\n{text}");
         }

@@ -37,7 +37,7 @@ async fn three_participants_join_hear_each_other_and_lose_nothing() {
         "--video-kbps".into(),
         "200".into(),
         "--duration".into(),
-        "3".into(),
+        "6".into(),
         "--sft-metrics".into(),
         format!("http://{}/metrics", sft.server.metrics_addr),
         "--json".into(),
@@ -52,6 +52,13 @@ async fn three_participants_join_hear_each_other_and_lose_nothing() {
     assert!(usage["error"].is_null(), "{usage}");
     assert!(usage["rss_bytes"].as_u64().unwrap() > 0 && usage["cpu_seconds"].as_f64().unwrap() > 0.0, "{usage}");
     assert_eq!(sft.metric("sft_join_duration_seconds_count").await, 3.0);
+    // Per-stream loss from RTCP, both ways, every 5 s: lossless on loopback.
+    for direction in ["in", "out"] {
+        let reports = sft.metric(&format!("sft_stream_loss_ratio_count{{direction=\"{direction}\"}}")).await;
+        let lossless =
+            sft.metric(&format!("sft_stream_loss_ratio_bucket{{direction=\"{direction}\",le=\"0.001\"}}")).await;
+        assert!(reports > 0.0 && lossless == reports, "{direction}: {lossless} of {reports} reports lossless");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

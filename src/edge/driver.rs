@@ -37,6 +37,8 @@ const MAX_BATCHES_PER_WAKE: usize = 16;
 const IDLE_SWEEP: Duration = Duration::from_millis(500);
 /// The biggest data channel message a client may send.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// How often each session reports per-stream loss (`sft_stream_loss_ratio`).
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the edge holds, for `/metrics` and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -188,6 +190,7 @@ impl Driver {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
+            .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
         let candidate = Candidate::host(self.public_addr, "udp")
             .map_err(|e| JoinError::BadOffer(format!("host candidate: {e}")))?;
@@ -340,6 +343,16 @@ impl Driver {
     fn handle_event(&mut self, now: Instant, id: ParticipantId, event: Event) {
         match event {
             Event::RtpPacket(packet) => self.route_rtp(now, id, &packet),
+            Event::MediaIngressStats(stats) => {
+                if let Some(loss) = stats.loss {
+                    self.metrics.stream_loss("in", loss);
+                }
+            }
+            Event::MediaEgressStats(stats) => {
+                if let Some(loss) = stats.loss {
+                    self.metrics.stream_loss("out", loss);
+                }
+            }
             Event::KeyframeRequest(request) => {
                 let Some(client) = self.clients.get(&id) else { return };
                 let (Some(slot), number) = (client.slot_of(request.mid), client.conference_number) else { return };
