@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust: installs what
 # the tests need (Chromium and ChromeDriver for the demo-page test, iproute2
-# and util-linux for its private network namespace), then runs every test
-# and builds the benchmarks. Extra arguments go to `cargo test`.
+# and util-linux for its private network namespace, promtool from Debian's
+# prometheus package and systemd-analyze for the ops/ checks), then runs
+# every test and builds the benchmarks. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if ((${#missing[@]})); then
     echo "tests/run.sh: installing ${missing[*]}"
     sudo=""
