@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{setup_body, wait_for, Peer, PeerOptions, TestSft};
+use common::{setup_body, wait_for, Peer, PeerOptions, Signalling, TestSft};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;

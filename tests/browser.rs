@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestSft;
+use common::{Signalling, TestSft};
 use serde_json::{json, Value};
 
 const IN_NAMESPACE: &str = "SFT_TEST_IN_NETNS";

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, Peer, PeerOptions, TestSft, Video};
+use common::{wait_for, Peer, PeerOptions, Signalling, TestSft, Video};
 use serde_json::json;
 
 fn names(peers: &[&Peer]) -> Vec<String> {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::fed::{on, peers_table, Certs};
+use common::process::SftProcess;
 use common::{wait_for, Peer, PeerOptions, TestSft, Video};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,6 +161,34 @@ async fn a_new_relay_connection_after_the_old_one_died_resumes_media_without_rej
     assert_eq!(a.metric("sft_join_duration_seconds_count").await, 1.0, "no SETUP repeated");
     assert_eq!(a1.participants(), vec!["a1".to_string(), "b1".to_string()]);
     assert_eq!(b1.participants(), vec!["a1".to_string(), "b1".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_federated_sft_process_makes_its_participants_leave_at_the_anchor() {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;
+    let b_toml = certs.federation_toml("b.example", "127.0.0.2", &peers_table(&[("a.example", &a)]));
+    let mut b = SftProcess::start(&b_toml, "127.0.0.2").await;
+    let a1 = Peer::join(&a, on("a.example", "kill", "a1", 1)).await;
+    let a2 = Peer::join(&a, on("a.example", "kill", "a2", 2)).await;
+    let b1 = Peer::join(&b, on("b.example", "kill", "b1", 3)).await;
+    wait_for("media across the relay", || a1.heard(3) > 10 && b1.heard(1) > 10).await;
+    assert_eq!(a.metric("sft_participants{role=\"remote\"}").await, 1.0);
+
+    // SIGKILL: the anchor learns it only from silence (relay idle timeout,
+    // then federation.link_timeout), well within the harness's 20 s.
+    b.kill();
+    let everyone_local = vec!["a1".to_string(), "a2".to_string()];
+    wait_for("b1 to leave a1's and a2's CONFPART", || {
+        a1.participants() == everyone_local && a2.participants() == everyone_local
+    })
+    .await;
+    assert_eq!(a.metric("sft_participants{role=\"remote\"}").await, 0.0);
+    let gone = "sft_federation_links{peer_domain=\"b.example\",state=\"down\"}";
+    assert_eq!(a.metric(gone).await, 1.0);
+    // The anchor's own call goes on.
+    let heard = a1.heard(2);
+    wait_for("a1 to keep hearing a2", || a1.heard(2) > heard + 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

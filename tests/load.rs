@@ -4,7 +4,7 @@
 mod common;
 
 use common::fed::{peers_table, Certs};
-use common::TestSft;
+use common::{Signalling, TestSft};
 use serde_json::Value;
 
 const SFT_LOAD: &str = env!("CARGO_BIN_EXE_sft-load");
@@ -18,7 +18,7 @@ async fn sft_load(args: &[String]) -> Value {
 
 fn assert_everyone_heard_everyone(report: &Value, peers: u64) {
     assert_eq!(report["joined"], peers, "{report:#}");
-    assert_eq!(report["peers_hearing_everyone"], peers, "{report:#}");
+    assert_eq!(report["peers_fully_served"], peers, "{report:#}");
     assert!(report["packets_received"].as_u64().unwrap() > 100, "{report:#}");
     assert!(report["video_fps"].as_f64().unwrap() > 10.0, "{report:#}");
     assert!(report["latency_ms"]["p99"].as_f64().is_some(), "{report:#}");

@@ -31,8 +31,9 @@ pub struct Report {
     pub packets_received: u64,
     pub packets_lost: u64,
     pub loss_percent: f64,
-    /// Peers that heard every publisher of their conference.
-    pub peers_hearing_everyone: usize,
+    /// Peers that heard as many of their conference's other publishers as
+    /// they have receive slots for (all of them when slots suffice).
+    pub peers_fully_served: usize,
     pub sft_usage: Vec<SftUsage>,
     pub per_peer: Vec<PeerReport>,
 }
@@ -57,7 +58,9 @@ pub struct PeerReport {
     pub conf_id: String,
     pub sft: String,
     pub join_ms: f64,
+    /// Distinct other publishers of its conference this peer heard.
     pub heard_from: usize,
+    /// How many it should hear: the other publishers, at most its slots.
     pub expected_from: usize,
     pub packets: u64,
     pub lost: u64,
@@ -162,7 +165,7 @@ impl Report {
             packets_received: packets,
             packets_lost: lost,
             loss_percent: if packets + lost == 0 { 0.0 } else { lost as f64 * 100.0 / (packets + lost) as f64 },
-            peers_hearing_everyone: per_peer.iter().filter(|p| p.heard_from == p.expected_from).count(),
+            peers_fully_served: per_peer.iter().filter(|p| p.heard_from >= p.expected_from).count(),
             sft_usage,
             per_peer,
         }
@@ -198,7 +201,7 @@ impl Report {
                     self.packets_received + self.packets_lost
                 ),
             ),
-            ("heard every publisher", format!("{} / {} peers", self.peers_hearing_everyone, self.joined)),
+            ("heard all their slots hold", format!("{} / {} peers", self.peers_fully_served, self.joined)),
         ];
         for (name, value) in rows {
             let _ = writeln!(out, "  {name:<24} {value}");

@@ -186,16 +186,10 @@ pub async fn run(plan: &LoadPlan, mut on_progress: impl FnMut(&Progress)) -> Res
         let mut stats = peer.stats.lock().expect("stats lock");
         latencies.extend(stats.take_latencies());
         let totals: Totals = stats.totals().since(*start);
-        let expected_from = expected_senders(plan, &peer.plan);
-        let heard_from = stats.heard().iter().filter(|s| expected_from.contains(s)).count();
-        peer_reports.push(PeerReport::new(
-            &peer.plan,
-            peer.join_latency,
-            heard_from,
-            expected_from.len(),
-            totals,
-            window,
-        ));
+        let others = expected_senders(plan, &peer.plan);
+        let heard_from = stats.heard().iter().filter(|s| others.contains(s)).count();
+        let expected_from = others.len().min(plan.slots);
+        peer_reports.push(PeerReport::new(&peer.plan, peer.join_latency, heard_from, expected_from, totals, window));
     }
     for peer in &peers {
         peer.close().await;
@@ -209,7 +203,7 @@ pub async fn run(plan: &LoadPlan, mut on_progress: impl FnMut(&Progress)) -> Res
     Ok(Report::new(plan, RunWindow { peers: peers_total, failures, window }, peer_reports, latencies, usage))
 }
 
-/// The senders a peer should hear: its conference's publishers but itself.
+/// The senders a peer may hear: its conference's publishers but itself.
 fn expected_senders(plan: &LoadPlan, peer: &PeerPlan) -> Vec<u32> {
     let conference_start = peer.sender - peer.sender % plan.participants as u32;
     (conference_start..conference_start + plan.publishers as u32).filter(|s| *s != peer.sender).collect()

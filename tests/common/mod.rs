@@ -5,6 +5,7 @@
 
 pub mod fed;
 pub mod ivf;
+pub mod process;
 pub mod proxy;
 
 use std::collections::{HashMap, HashSet};
@@ -55,10 +56,6 @@ impl TestSft {
         Self { server }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.server.signalling_addr)
-    }
-
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.server.metrics_addr)).await.unwrap().text().await.unwrap()
     }
@@ -72,6 +69,17 @@ impl TestSft {
             .trim()
             .parse()
             .unwrap()
+    }
+}
+
+/// Where a peer sends its SETUP: an in-process SFT or a child process.
+pub trait Signalling {
+    fn url(&self, path: &str) -> String;
+}
+
+impl Signalling for TestSft {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.signalling_addr)
     }
 }
 
@@ -182,12 +190,12 @@ impl Peer {
 
 impl Peer {
     /// Builds the offer, SETUPs at `sft` and waits for the data channel.
-    pub async fn join(sft: &TestSft, options: PeerOptions) -> Self {
+    pub async fn join(sft: &impl Signalling, options: PeerOptions) -> Self {
         Self::join_authorized(sft, options, None).await
     }
 
     /// Like [`join`](Self::join), with an `Authorization` header.
-    pub async fn join_authorized(sft: &TestSft, options: PeerOptions, authorization: Option<String>) -> Self {
+    pub async fn join_authorized(sft: &impl Signalling, options: PeerOptions, authorization: Option<String>) -> Self {
         let peer = Self::offer_only(options).await;
         let (status, answer) = peer.post_setup(sft, authorization).await;
         assert_eq!(status, 200, "SETUP of {}: {answer}", peer.options.userid);
@@ -195,7 +203,7 @@ impl Peer {
     }
 
     /// POSTs this peer's SETUP; returns the status and the JSON answer.
-    pub async fn post_setup(&self, sft: &TestSft, authorization: Option<String>) -> (u16, Value) {
+    pub async fn post_setup(&self, sft: &impl Signalling, authorization: Option<String>) -> (u16, Value) {
         let offer = self.pc.local_description().await.unwrap().sdp;
         let mut request =
             reqwest::Client::new().post(sft.url(&format!("/sft/{}", self.options.conf))).json(&self.setup_body(&offer));

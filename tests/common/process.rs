@@ -1,0 +1,68 @@
+//! The `sft` binary as a child process on loopback, for tests that kill it.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Signalling;
+
+pub struct SftProcess {
+    child: Child,
+    pub signalling: SocketAddr,
+    pub metrics: SocketAddr,
+    config: PathBuf,
+}
+
+fn free_tcp(ip: &str) -> SocketAddr {
+    TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap()
+}
+
+impl SftProcess {
+    /// Starts `sft --config` with `toml` on `ip`, and waits until it is ready.
+    pub async fn start(toml: &str, ip: &str) -> Self {
+        let config =
+            std::env::temp_dir().join(format!("sft-process-{}-{}.toml", std::process::id(), rand::random::<u32>()));
+        std::fs::write(&config, toml).unwrap();
+        let (signalling, metrics) = (free_tcp(ip), free_tcp(ip));
+        let media = UdpSocket::bind(format!("{ip}:0")).unwrap().local_addr().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sft"))
+            .arg("--config")
+            .arg(&config)
+            .env("SFT_SIGNALLING__LISTEN", format!("\"{signalling}\""))
+            .env("SFT_METRICS__LISTEN", format!("\"{metrics}\""))
+            .env("SFT_MEDIA__LISTEN", format!("\"{media}\""))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the sft binary starts");
+        let process = Self { child, signalling, metrics, config };
+        let deadline = Instant::now() + super::TIMEOUT;
+        let ready = format!("http://{metrics}/readyz");
+        while !reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "the sft process never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// SIGKILL: no drain, no goodbye, as a crashed or unplugged machine.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Signalling for SftProcess {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.signalling)
+    }
+}
+
+impl Drop for SftProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
