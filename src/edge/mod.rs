@@ -8,7 +8,7 @@ mod client;
 mod driver;
 mod links;
 pub mod offer;
-mod udp;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
