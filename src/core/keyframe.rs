@@ -8,41 +8,40 @@ use std::time::{Duration, Instant};
 
 use super::ids::StreamKey;
 
+/// Where the VP8 frame starts in the first RTP packet of a frame: the
+/// length of its RFC 7741 payload descriptor. `None` for any other packet
+/// (S=0 or a partition other than 0) and for a truncated descriptor.
+pub fn vp8_frame_start(payload: &[u8]) -> Option<usize> {
+    let first = *payload.first()?;
+    let start_of_partition = first & 0x10 != 0;
+    let partition_id = first & 0x07;
+    if !start_of_partition || partition_id != 0 {
+        return None;
+    }
+    let mut offset = 1;
+    if first & 0x80 != 0 {
+        let extension = *payload.get(1)?;
+        offset += 1;
+        if extension & 0x80 != 0 {
+            // PictureID: one byte, or two when its M bit is set.
+            offset += if payload.get(offset)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if extension & 0x40 != 0 {
+            offset += 1; // TL0PICIDX
+        }
+        if extension & 0x30 != 0 {
+            offset += 1; // TID / KEYIDX
+        }
+    }
+    Some(offset)
+}
+
 /// Whether a VP8 RTP payload (RFC 7741) starts a keyframe.
 ///
 /// Only the first packet of a frame (S=1, partition 0) carries the VP8
 /// payload header whose P bit tells inter (1) from key (0) frames.
 pub fn is_vp8_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else {
-        return false;
-    };
-    let extended = first & 0x80 != 0;
-    let start_of_partition = first & 0x10 != 0;
-    let partition_id = first & 0x07;
-    if !start_of_partition || partition_id != 0 {
-        return false;
-    }
-    let mut offset = 1;
-    if extended {
-        let Some(&ext) = payload.get(1) else {
-            return false;
-        };
-        offset += 1;
-        if ext & 0x80 != 0 {
-            // PictureID: one byte, or two when its M bit is set.
-            let Some(&pid) = payload.get(offset) else {
-                return false;
-            };
-            offset += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if ext & 0x40 != 0 {
-            offset += 1; // TL0PICIDX
-        }
-        if ext & 0x30 != 0 {
-            offset += 1; // TID / KEYIDX
-        }
-    }
-    payload.get(offset).is_some_and(|header| header & 0x01 == 0)
+    vp8_frame_start(payload).and_then(|start| payload.get(start)).is_some_and(|header| header & 0x01 == 0)
 }
 
 /// Keeps keyframe requests to one source stream at most one per interval.

@@ -6,6 +6,8 @@
 //! SFT sees VP8 keyframes (RFC 7741 descriptor, then a key frame tag) and
 //! Opus TOC bytes exactly as from a browser.
 
+use crate::core::keyframe::vp8_frame_start;
+
 /// Marks a payload as ours, right after the codec header.
 const MAGIC: [u8; 4] = *b"SFTL";
 /// `MAGIC`, the sender (u32) and the send time in µs (u64), big-endian.
@@ -78,33 +80,9 @@ pub fn read_tag(payload: &[u8], video: bool) -> Option<Tag> {
     if !video {
         return (payload.first() == Some(&OPUS_TOC)).then(|| Tag::read(&payload[1..])).flatten();
     }
-    let frame = &payload[vp8_descriptor_len(payload)?..];
+    let frame = payload.get(vp8_frame_start(payload)?..)?;
     let header = if frame.first()? & 0x01 == 0 { VP8_KEY_HEADER } else { VP8_INTER_HEADER };
     Tag::read(frame.get(header..)?)
-}
-
-/// The length of the RFC 7741 payload descriptor of the first packet of a
-/// frame (S=1, partition 0); `None` for any other packet.
-fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
-    let first = *payload.first()?;
-    if first & 0x10 == 0 || first & 0x07 != 0 {
-        return None;
-    }
-    if first & 0x80 == 0 {
-        return Some(1);
-    }
-    let extension = *payload.get(1)?;
-    let mut len = 2;
-    if extension & 0x80 != 0 {
-        len += if payload.get(len)? & 0x80 != 0 { 2 } else { 1 };
-    }
-    if extension & 0x40 != 0 {
-        len += 1;
-    }
-    if extension & 0x30 != 0 {
-        len += 1;
-    }
-    Some(len)
 }
 
 #[cfg(test)]
@@ -148,5 +126,6 @@ mod tests {
         assert_eq!(read_tag(&[0xf8, 1, 2, 3], false), None);
         assert_eq!(read_tag(&[], true), None);
         assert_eq!(read_tag(&[0x10, 0x00, 0x00, 0x00, b'X'], true), None);
+        assert_eq!(read_tag(&[0x90, 0x40], true), None, "a descriptor longer than the packet");
     }
 }

@@ -30,25 +30,7 @@ pub fn layer_file(name: &str) -> Vec<Vec<u8>> {
 /// The picture width in a VP8 keyframe carried by the first RTP packet of a
 /// frame (RFC 7741 payload descriptor, then the VP8 frame header).
 pub fn keyframe_width(payload: &[u8]) -> Option<u16> {
-    let first = *payload.first()?;
-    if first & 0x10 == 0 || first & 0x07 != 0 {
-        return None;
-    }
-    let mut at = 1;
-    if first & 0x80 != 0 {
-        let ext = *payload.get(1)?;
-        at += 1;
-        if ext & 0x80 != 0 {
-            at += if payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
-        }
-        if ext & 0x40 != 0 {
-            at += 1;
-        }
-        if ext & 0x30 != 0 {
-            at += 1;
-        }
-    }
-    let frame = payload.get(at..)?;
+    let frame = payload.get(sft::core::keyframe::vp8_frame_start(payload)?..)?;
     if frame.len() < 10 || frame[0] & 0x01 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
         return None;
     }
