@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use sft::edge::udp::{Datagram, MediaSocket};
+use sft::load::peer::setup_body;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
@@ -106,11 +106,7 @@ impl Client {
         let mid = change.add_media(MediaKind::Video, direction, None, None, None);
         change.add_channel("sft".into());
         let (offer, pending): (_, SdpPendingOffer) = change.apply().unwrap();
-        let body = json!({
-            "version": "3.0", "type": "SETUP", "sessid": name, "resp": false,
-            "src_userid": name, "src_clientid": "bench",
-            "props": { "type": "offer", "sdp": offer.to_sdp_string() }
-        });
+        let body = setup_body(name, name, "bench", &offer.to_sdp_string(), None);
         let url = format!("http://{}/sft/{conf}", sft.signalling);
         let answer: serde_json::Value =
             reqwest::blocking::Client::new().post(url).json(&body).send().unwrap().json().unwrap();

@@ -120,16 +120,25 @@ impl LoadPeer {
     }
 }
 
-async fn setup(http: &reqwest::Client, plan: &PeerPlan, sdp: &str) -> Result<String, LoadError> {
-    let sessid = format!("{}-{}", plan.userid, rand::random::<u32>());
+/// The contract's SETUP request carrying the offer `sdp`. With
+/// `anchor_domain`, the conference is anchored at that domain's SFT and this
+/// SFT joins it as a federated node.
+pub fn setup_body(sessid: &str, userid: &str, clientid: &str, sdp: &str, anchor_domain: Option<&str>) -> Value {
     let mut body = json!({
         "version": "3.0", "type": "SETUP", "sessid": sessid, "resp": false,
-        "src_userid": plan.userid, "src_clientid": format!("{}-load", plan.userid),
+        "src_userid": userid, "src_clientid": clientid,
         "props": { "type": "offer", "sdp": sdp }
     });
-    if let Some(domain) = &plan.anchor_domain {
+    if let Some(domain) = anchor_domain {
         body["anchor"] = json!({ "domain": domain, "url": format!("https://{domain}") });
     }
+    body
+}
+
+async fn setup(http: &reqwest::Client, plan: &PeerPlan, sdp: &str) -> Result<String, LoadError> {
+    let sessid = format!("{}-{}", plan.userid, rand::random::<u32>());
+    let clientid = format!("{}-load", plan.userid);
+    let body = setup_body(&sessid, &plan.userid, &clientid, sdp, plan.anchor_domain.as_deref());
     let url = format!("{}/sft/{}", plan.sft.trim_end_matches('/'), plan.conf_id);
     let fail = |why: String| LoadError::Join(plan.userid.clone(), why);
     let response = http.post(&url).json(&body).send().await.map_err(|e| fail(format!("{url}: {e}")))?;

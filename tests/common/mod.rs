@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sft::config::Config;
 use sft::load::rtc::{self, VideoTrack};
 use sft::server::Server;
@@ -165,11 +165,7 @@ pub struct Peer {
 
 /// The SETUP body for `sdp`.
 pub fn setup_body(sessid: &str, userid: &str, sdp: &str) -> Value {
-    json!({
-        "version": "3.0", "type": "SETUP", "sessid": sessid, "resp": false,
-        "src_userid": userid, "src_clientid": format!("{userid}-client"),
-        "props": { "type": "offer", "sdp": sdp }
-    })
+    sft::load::peer::setup_body(sessid, userid, &format!("{userid}-client"), sdp, None)
 }
 
 impl Peer {
@@ -180,11 +176,9 @@ impl Peer {
 
     /// This peer's SETUP body, naming its anchor when it has one.
     pub fn setup_body(&self, sdp: &str) -> Value {
-        let mut body = setup_body(&self.sessid, &self.options.userid, sdp);
-        if let Some(anchor) = &self.options.anchor {
-            body["anchor"] = json!({"domain": anchor, "url": format!("https://{anchor}")});
-        }
-        body
+        let userid = &self.options.userid;
+        let clientid = format!("{userid}-client");
+        sft::load::peer::setup_body(&self.sessid, userid, &clientid, sdp, self.options.anchor.as_deref())
     }
 }
 
