@@ -7,6 +7,7 @@ pub mod fed;
 pub mod ivf;
 pub mod process;
 pub mod proxy;
+pub mod str0m_client;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
