@@ -7,48 +7,15 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::counting::{live_bytes, Counting};
 use common::str0m_client::{vp8_keyframe, Str0mClient};
 use common::{TestSft, TIMEOUT};
 
-struct LiveBytes;
-
-static LIVE: AtomicI64 = AtomicI64::new(0);
-
-// SAFETY: every method forwards its arguments unchanged to `System`, which
-// upholds `GlobalAlloc`'s contract; the bookkeeping touches only an atomic.
-unsafe impl GlobalAlloc for LiveBytes {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same layout the caller gave us, as `System::alloc` requires.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc`/`realloc` above, i.e. from `System`, with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `dealloc`; `new_size` is passed on as given.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
-        }
-        new
-    }
-}
-
 #[global_allocator]
-static GLOBAL: LiveBytes = LiveBytes;
+static GLOBAL: Counting = Counting;
 
 /// Sessions per round, one of them publishing; 100 rounds make 1,000 cycles.
 const PER_ROUND: usize = 10;
@@ -117,11 +84,11 @@ fn a_thousand_joins_and_leaves_leave_no_state_behind() {
     for number in 0..ROUNDS {
         received += round(&http, &sft, number);
         if number + 1 == WARM_UP {
-            baseline = Some(LIVE.load(Ordering::Relaxed));
+            baseline = Some(live_bytes());
         }
     }
     let baseline = baseline.expect("warm-up rounds ran");
-    let growth = LIVE.load(Ordering::Relaxed) - baseline;
+    let growth = live_bytes() - baseline;
     println!(
         "live heap after warm-up {baseline} bytes; growth over {} cycles: {growth} bytes",
         (ROUNDS - WARM_UP) * PER_ROUND

@@ -29,8 +29,14 @@ pub struct Datagram {
 }
 
 impl MediaSocket {
+    /// Binds and registers the socket with the current tokio runtime.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let std_socket = std::net::UdpSocket::bind(addr)?;
+        Self::from_std(std::net::UdpSocket::bind(addr)?)
+    }
+
+    /// Registers a bound socket with the current tokio runtime, so a socket
+    /// bound on one thread can be driven by a runtime on another.
+    pub fn from_std(std_socket: std::net::UdpSocket) -> io::Result<Self> {
         std_socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std_socket).into())?;
         // Larger buffers are an optimisation; the kernel may cap them.
@@ -58,7 +64,10 @@ impl MediaSocket {
     /// `on_datagram`. Returns how many datagrams there were (0: nothing ready).
     pub fn recv_batch(&mut self, mut on_datagram: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
         let Self { socket, state, recv_buffers, recv_meta, .. } = self;
-        let mut slices: Vec<IoSliceMut> = recv_buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        // On the stack: the packet path allocates nothing, not even per batch.
+        let mut buffers = recv_buffers.iter_mut();
+        let mut slices: [IoSliceMut; BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(buffers.next().map_or(&mut [][..], |b| &mut b[..])));
         let received = match socket.try_io(Interest::READABLE, || state.recv((&*socket).into(), &mut slices, recv_meta))
         {
             Ok(n) => n,

@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod counting;
 pub mod fed;
 pub mod ivf;
 pub mod process;
