@@ -73,7 +73,7 @@ pub(super) struct Driver {
     // Buffers reused on every wake-up so the packet path does not allocate.
     events: Vec<(ParticipantId, Event)>,
     routes: Routes,
-    relay_buffer: Vec<u8>,
+    relay_arena: bytes::BytesMut,
     outgoing: Vec<Datagram>,
     dirty: Vec<ParticipantId>,
     ended: Vec<(ParticipantId, &'static str)>,
@@ -109,7 +109,7 @@ impl Driver {
             attachments: HashMap::new(),
             events: Vec::new(),
             routes: Routes::default(),
-            relay_buffer: Vec::new(),
+            relay_arena: bytes::BytesMut::new(),
             outgoing: Vec::new(),
             dirty: Vec::new(),
             ended: Vec::new(),
@@ -477,7 +477,7 @@ impl Driver {
                     timestamp: media.timestamp,
                     payload: &media.payload,
                 };
-                l.send_media(&frame, &mut self.relay_buffer);
+                l.send_media(&frame, &mut self.relay_arena);
             }
         }
         self.drain_conference(number);

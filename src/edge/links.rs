@@ -4,12 +4,15 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use crate::core::ids::LinkId;
 use crate::federation::framing::{Control, MediaFrame, RelayCodec};
+
+/// How much the relay send arena takes at a time: some 50 video frames.
+const RELAY_ARENA_BYTES: usize = 64 * 1024;
 
 pub struct Link {
     pub peer_domain: String,
@@ -29,11 +32,18 @@ impl Link {
     }
 
     /// Encodes and sends one media frame; a down or congested link drops it.
-    pub fn send_media(&self, frame: &MediaFrame<'_>, buffer: &mut Vec<u8>) {
+    ///
+    /// Frames are encoded into `arena` and split off it: quinn keeps each
+    /// datagram (as `Bytes`) until it is sent, and once all of an arena's
+    /// datagrams are gone, `reserve` takes the same memory back, so a
+    /// frame costs one copy and no allocation of its own.
+    pub fn send_media(&self, frame: &MediaFrame<'_>, arena: &mut BytesMut) {
         let Some(connection) = &self.connection else { return };
-        buffer.clear();
-        frame.encode(buffer);
-        let datagram = Bytes::copy_from_slice(buffer);
+        if arena.capacity() < frame.encoded_len() {
+            arena.reserve(frame.encoded_len().max(RELAY_ARENA_BYTES));
+        }
+        frame.encode(arena);
+        let datagram = arena.split().freeze();
         let len = datagram.len() as u64;
         if connection.send_datagram(datagram).is_ok() {
             self.bytes_out.inc_by(len);

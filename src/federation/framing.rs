@@ -22,6 +22,7 @@
 //! SFT opens: each a 4-byte big-endian length, then that many bytes of JSON
 //! ([`Control`]), at most [`MAX_CONTROL_FRAME`] bytes.
 
+use bytes::BufMut;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -73,7 +74,14 @@ pub enum FrameError {
 
 impl MediaFrame<'_> {
     /// Appends the encoded frame to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// The size of the encoded frame.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+
+    /// Appends the frame to `out` (a `Vec<u8>`, or the `BytesMut` arena the
+    /// edge sends from).
+    pub fn encode(&self, out: &mut impl BufMut) {
         let flags = u8::from(self.marker)
             | u8::from(self.keyframe) << 1
             | u8::from(self.audio_level.is_some()) << 2
@@ -84,16 +92,15 @@ impl MediaFrame<'_> {
             RelayCodec::Vp8 => 1,
         };
         let stream = u8::from(self.kind == MediaKind::Video) << 7 | layer << 4 | codec;
-        out.reserve(HEADER_LEN + self.payload.len());
-        out.push(MEDIA);
-        out.push(flags);
-        out.extend_from_slice(&self.channel.to_be_bytes());
-        out.extend_from_slice(&self.publisher.to_be_bytes());
-        out.push(stream);
-        out.push(self.audio_level.unwrap_or(127));
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.timestamp.to_be_bytes());
-        out.extend_from_slice(self.payload);
+        out.put_u8(MEDIA);
+        out.put_u8(flags);
+        out.put_u32(self.channel);
+        out.put_u64(self.publisher);
+        out.put_u8(stream);
+        out.put_u8(self.audio_level.unwrap_or(127));
+        out.put_u64(self.seq);
+        out.put_u32(self.timestamp);
+        out.put_slice(self.payload);
     }
 }
 
