@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sft::edge::udp::{Datagram, MediaSocket};
-use str0m_client::{vp8_keyframe, Str0mClient};
+use str0m_client::{connect_all, vp8_keyframe, Str0mClient};
 
 /// Input packets per second from the one publisher.
 const RATES: [u32; 2] = [1000, 5000];
@@ -95,13 +95,7 @@ fn measure_sft(receivers: usize) -> Vec<(f64, u64)> {
     let mut clients: Vec<Str0mClient> = (0..receivers).map(|i| join(&format!("r{i}"), false)).collect();
     clients.push(join("publisher", true));
     let mut buffer = vec![0u8; 2048];
-    let deadline = Instant::now() + SETUP_TIMEOUT;
-    while !clients.iter().all(|c| c.channel_open) {
-        assert!(Instant::now() < deadline, "clients never connected");
-        let now = Instant::now();
-        clients.iter_mut().for_each(|c| c.drive(now, &mut buffer));
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    connect_all(&mut clients, &mut buffer, SETUP_TIMEOUT);
     let payload = vp8_keyframe(FRAME_BYTES);
     let mut frame = 0;
     let mut run = |rate: u32, duration: Duration, clients: &mut Vec<Str0mClient>| {

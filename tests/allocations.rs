@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::counting::{allocations, set_thread_scope, Counting, Scope};
-use common::str0m_client::{vp8_keyframe, Str0mClient};
+use common::str0m_client::{connect_all, vp8_keyframe, Str0mClient};
 use common::{TestSft, TIMEOUT};
 
 use sft::core::conference::{Conference, ConferenceConfig, IncomingRtp, ParticipantSpec, Routes};
@@ -106,13 +106,7 @@ fn the_media_edge_allocates_only_what_str0m_does() {
     let mut clients: Vec<Str0mClient> = (0..RECEIVERS).map(|i| join(&format!("r{i}"), false)).collect();
     clients.push(join("publisher", true));
     let mut buffer = vec![0u8; 2048];
-    let deadline = Instant::now() + TIMEOUT;
-    while !clients.iter().all(|c| c.channel_open) {
-        assert!(Instant::now() < deadline, "clients never connected");
-        let now = Instant::now();
-        clients.iter_mut().for_each(|c| c.drive(now, &mut buffer));
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    connect_all(&mut clients, &mut buffer, TIMEOUT);
     let payload = vp8_keyframe(1000);
     let mut frame = 0;
     let mut publish = |clients: &mut Vec<Str0mClient>, packets: u64| {

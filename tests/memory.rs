@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::counting::{live_bytes, Counting};
-use common::str0m_client::{vp8_keyframe, Str0mClient};
+use common::str0m_client::{connect_all, vp8_keyframe, Str0mClient};
 use common::{TestSft, TIMEOUT};
 
 #[global_allocator]
@@ -42,13 +42,7 @@ fn round(http: &reqwest::blocking::Client, sft: &TestSft, number: usize) -> u64 
         .map(|i| Str0mClient::join(http, sft.server.signalling_addr, &conf, &format!("s{i}"), i == 0))
         .collect();
     let mut buffer = vec![0u8; 2048];
-    let deadline = Instant::now() + TIMEOUT;
-    while !clients.iter().all(|c| c.channel_open) {
-        assert!(Instant::now() < deadline, "round {number}: clients never connected");
-        let now = Instant::now();
-        clients.iter_mut().for_each(|c| c.drive(now, &mut buffer));
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    connect_all(&mut clients, &mut buffer, TIMEOUT);
     let payload = vp8_keyframe(1000);
     for frame in 1..=FRAMES_PER_ROUND {
         let now = Instant::now();

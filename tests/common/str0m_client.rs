@@ -11,7 +11,7 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sft::load::peer::setup_body;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
@@ -125,6 +125,18 @@ impl Str0mClient {
         // str0m sends what was written once its clock moves.
         let _ = self.rtc.handle_input(Input::Timeout(now));
         self.poll();
+    }
+}
+
+/// Drives `clients` until every one has its data channel open (ICE, DTLS and
+/// SCTP are up); panics after `limit`.
+pub fn connect_all(clients: &mut [Str0mClient], buffer: &mut [u8], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !clients.iter().all(|c| c.channel_open) {
+        assert!(Instant::now() < deadline, "clients never connected");
+        let now = Instant::now();
+        clients.iter_mut().for_each(|c| c.drive(now, buffer));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
