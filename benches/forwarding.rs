@@ -35,6 +35,9 @@ const MEASURE: Duration = Duration::from_secs(3);
 /// One VP8 frame per packet, well under the MTU.
 const FRAME_BYTES: usize = 1000;
 const RECEIVER_COUNTS: [usize; 2] = [4, 16];
+/// Rounds per receiver count; the median is reported (this machine's noise
+/// moves single runs by ±10 %).
+const REPEATS: usize = 3;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// CPU nanoseconds of every thread of `pid` (`self` for this process).
@@ -200,19 +203,50 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    println!("forwarding: {FRAME_BYTES}-byte payloads, {} s per measurement", MEASURE.as_secs());
+    println!(
+        "forwarding: {FRAME_BYTES}-byte payloads, {} s per measurement, median of {REPEATS} rounds (range)",
+        MEASURE.as_secs()
+    );
     println!(
         "{:>9}  {:>11}  {:>14}  {:>14}  {:>8}",
         "receivers", "packets/s in", "SFT ns/packet", "raw ns/packet", "SFT/raw"
     );
     for receivers in RECEIVER_COUNTS {
-        let baselines: Vec<(f64, u64)> = RATES.iter().map(|&rate| measure_baseline(receivers, rate)).collect();
-        let sfts = measure_sft(receivers);
-        for ((rate, (baseline, baseline_sent)), (sft, sft_sent)) in RATES.iter().zip(baselines).zip(sfts) {
+        // Rounds interleave baseline and SFT, so a noisy minute hits both.
+        let rounds: Vec<Vec<Sample>> = (0..REPEATS)
+            .map(|_| {
+                let baselines: Vec<(f64, u64)> = RATES.iter().map(|&rate| measure_baseline(receivers, rate)).collect();
+                let sfts = measure_sft(receivers);
+                baselines.into_iter().zip(sfts).map(|(raw, sft)| Sample { raw, sft }).collect()
+            })
+            .collect();
+        for (i, rate) in RATES.iter().enumerate() {
+            let mut samples: Vec<&Sample> = rounds.iter().map(|round| &round[i]).collect();
+            samples.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+            let (low, median, high) = (samples[0], samples[samples.len() / 2], samples[samples.len() - 1]);
             println!(
-                "{receivers:>9}  {rate:>11}  {sft:>14.0}  {baseline:>14.0}  {:>7.1}%   ({sft_sent} and {baseline_sent} packets out)",
-                baseline / sft * 100.0
+                "{receivers:>9}  {rate:>11}  {:>14.0}  {:>14.0}  {:>7.1}%   ({:.1}-{:.1} %; {} and {} packets out)",
+                median.sft.0,
+                median.raw.0,
+                median.ratio() * 100.0,
+                low.ratio() * 100.0,
+                high.ratio() * 100.0,
+                median.sft.1,
+                median.raw.1,
             );
         }
+    }
+}
+
+/// One round's figures at one rate: (CPU ns per output packet, packets out).
+struct Sample {
+    raw: (f64, u64),
+    sft: (f64, u64),
+}
+
+impl Sample {
+    /// The SFT's throughput per core as a share of the raw relay's.
+    fn ratio(&self) -> f64 {
+        self.raw.0 / self.sft.0
     }
 }
