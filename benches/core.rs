@@ -2,34 +2,22 @@
 //! every slot that carries it (selection + sequence/timestamp rewriting).
 #![allow(clippy::disallowed_methods)] // a benchmark needs some starting instant
 
+#[path = "../tests/common/simulcast_conference.rs"]
+mod simulcast_conference;
+
 use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sft::core::conference::{Conference, ConferenceConfig, IncomingRtp, ParticipantSpec, Routes};
-use sft::core::ids::{Identity, Layer, ParticipantId, StreamKey};
-
-fn conference(size: u64, now: Instant) -> Conference {
-    let mut conference = Conference::new(ConferenceConfig::default());
-    for id in 1..=size {
-        let spec = ParticipantSpec {
-            identity: Identity { userid: format!("u{id}"), clientid: "c".into(), domain: "a.example".into() },
-            publishes_audio: true,
-            video_layers: vec![Layer::Low, Layer::Medium, Layer::High],
-            audio_slot_mids: (0..3).map(|i| format!("a{i}")).collect(),
-            video_slot_mids: (0..4).map(|i| format!("v{i}")).collect(),
-        };
-        conference.add_participant(now, ParticipantId(id), spec);
-    }
-    while conference.poll_output().is_some() {}
-    conference
-}
+use sft::core::conference::{IncomingRtp, Routes};
+use sft::core::ids::{Layer, ParticipantId, StreamKey};
+use simulcast_conference::simulcast_conference;
 
 fn route_video(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_video_packet");
     for size in [4u64, 10, 20, 50] {
         let now = Instant::now();
-        let mut conf = conference(size, now);
+        let mut conf = simulcast_conference(size, now);
         let stream = StreamKey::video(ParticipantId(1), Layer::High);
         let mut out = Routes::default();
         // A keyframe first, so every slot that targets the stream switches to it.

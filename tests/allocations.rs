@@ -17,33 +17,18 @@ use common::counting::{allocations, set_thread_scope, Counting, Scope};
 use common::str0m_client::{connect_all, vp8_keyframe, Str0mClient};
 use common::{TestSft, TIMEOUT};
 
-use sft::core::conference::{Conference, ConferenceConfig, IncomingRtp, ParticipantSpec, Routes};
-use sft::core::ids::{Identity, Layer, ParticipantId, StreamKey};
+use common::simulcast_conference::simulcast_conference;
+use sft::core::conference::{IncomingRtp, Routes};
+use sft::core::ids::{Layer, ParticipantId, StreamKey};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn conference(size: u64, now: Instant) -> Conference {
-    let mut conference = Conference::new(ConferenceConfig::default());
-    for id in 1..=size {
-        let spec = ParticipantSpec {
-            identity: Identity { userid: format!("u{id}"), clientid: "c".into(), domain: "a.example".into() },
-            publishes_audio: true,
-            video_layers: vec![Layer::Low, Layer::Medium, Layer::High],
-            audio_slot_mids: (0..3).map(|i| format!("a{i}")).collect(),
-            video_slot_mids: (0..4).map(|i| format!("v{i}")).collect(),
-        };
-        conference.add_participant(now, ParticipantId(id), spec);
-    }
-    while conference.poll_output().is_some() {}
-    conference
-}
 
 #[test]
 fn routing_a_packet_through_the_core_allocates_nothing() {
     set_thread_scope(Scope::Marked);
     let start = Instant::now();
-    let mut conf = conference(10, start);
+    let mut conf = simulcast_conference(10, start);
     let mut routes = Routes::default();
     let publishers: Vec<ParticipantId> = (1..=4).map(ParticipantId).collect();
     let packet = |stream, seq: u64, keyframe| IncomingRtp {

@@ -135,15 +135,14 @@ impl EdgeHandle {
 }
 
 /// The name of the thread the edge runs on.
-pub const MEDIA_THREAD: &str = "sft-media";
+const MEDIA_THREAD: &str = "sft-media";
 
 /// Binds the media socket and starts the edge on a thread of its own.
 /// Returns its handle and the bound address.
 ///
 /// The packet path is one task on a single-threaded runtime: nothing else
 /// (TLS handshakes, HTTP, federation control) queues in front of a packet,
-/// and its work is accounted to one named thread (`top -H`, and the
-/// allocation test counts that thread's allocations). It stops once every
+/// and its CPU shows as one named thread (`top -H`). It stops once every
 /// [`EdgeHandle`] is gone.
 pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<(EdgeHandle, SocketAddr)> {
     let std_socket = std::net::UdpSocket::bind(config.media.listen)?;

@@ -8,6 +8,7 @@ pub mod fed;
 pub mod ivf;
 pub mod process;
 pub mod proxy;
+pub mod simulcast_conference;
 pub mod str0m_client;
 
 use std::collections::{HashMap, HashSet};
