@@ -1,4 +1,4 @@
-//! The Prometheus metrics of contract section 6, on a registry of their own
+//! The Prometheus metrics of `docs/contract.md` section 6, on a registry of their own
 //! so several servers can run in one process (tests) without mixing counts.
 
 use prometheus::{

@@ -1,4 +1,4 @@
-//! Hostile and broken input gets the contract's error, or is dropped and
+//! Hostile and broken input gets `docs/contract.md`'s error, or is dropped and
 //! counted, and never disturbs a call that is running.
 #![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 

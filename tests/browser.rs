@@ -1,164 +1,207 @@
-//! Headless Chromium opens the demo page twice, joins one conference, and
-//! each page decodes the other's video. Runs inside a fresh network
-//! namespace that has only loopback, so no packet can leave the machine.
+//! Real browsers on the demo page: Firefox ESR and Chromium with a webrtc-rs
+//! peer in one conference, and Firefox joining through a federated SFT.
+//! Each test runs inside a fresh network namespace that has only loopback,
+//! so no packet can leave the machine.
 #![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
+mod browsers;
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{Signalling, TestSft};
+use browsers::chromium::{ChromeDriver, Chromium};
+use browsers::firefox::Firefox;
+use common::fed::{peers_table, Certs};
+use common::{netns, Peer, PeerOptions, Signalling, TestSft};
 use serde_json::{json, Value};
 
-const IN_NAMESPACE: &str = "SFT_TEST_IN_NETNS";
+/// Browsers start, negotiate and ramp up simulcast slowly on a busy 2-core box.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
+/// Frames decoded (video) or packets received (audio) that count as "gets it".
+const ENOUGH: i64 = 10;
 
-/// Re-runs this test binary, filtered to `test`, under `unshare --net`.
-fn run_in_fresh_namespace(test: &str) {
-    let exe = std::env::current_exe().unwrap();
-    let script = format!("ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1", exe.display());
-    let mut unshare = Command::new("unshare");
-    if !is_root() {
-        // Without root, a user namespace grants the right to make a network namespace.
-        unshare.arg("--map-root-user");
+/// Two browsers and an SFT are plenty for a 2-core machine: one test at a time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static BROWSERS: Mutex<()> = Mutex::new(());
+    BROWSERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn profiles() -> PathBuf {
+    std::env::temp_dir().join(format!("sft-browsers-{}", std::process::id()))
+}
+
+/// What a demo page reports from `window.sftReceived()`.
+struct PageView(Value);
+
+impl PageView {
+    fn count(&self, kind: &str, who: &str) -> i64 {
+        self.0[kind][who].as_i64().unwrap_or(0)
     }
-    let status = unshare.args(["--net", "sh", "-c", &script]).env(IN_NAMESPACE, "1").status().expect("unshare runs");
-    assert!(status.success(), "{test} failed inside its network namespace");
-}
 
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
-struct ChromeDriver {
-    process: Child,
-    url: String,
-}
-
-impl ChromeDriver {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let process = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver is installed (Debian package chromium-driver)");
-        Self { process, url: format!("http://127.0.0.1:{port}") }
+    fn participants(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.0["participants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str())
+            .map(String::from)
+            .collect();
+        names.sort();
+        names
     }
-}
 
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+    /// Whether this page decodes every one of `others`' video and receives their audio.
+    fn gets_all(&self, others: &[&str]) -> bool {
+        others.iter().all(|who| self.count("video", who) > ENOUGH && self.count("audio", who) > ENOUGH)
     }
 }
 
-/// One browser window driven over the W3C WebDriver protocol.
-struct Browser {
-    http: reqwest::Client,
-    session: String,
+/// Whether the webrtc-rs peer gets `userid`'s VP8 keyframes and audio packets.
+fn peer_gets(peer: &Peer, userid: &str) -> bool {
+    let video = peer.slot_mid_of(userid, "video").map(|mid| peer.slot_stats(&mid));
+    let audio = peer.slot_mid_of(userid, "audio").map(|mid| peer.slot_stats(&mid));
+    video.is_some_and(|v| v.packets > 20 && !v.keyframe_widths.is_empty())
+        && audio.is_some_and(|a| a.packets as i64 > ENOUGH)
 }
 
-impl Browser {
-    async fn open(driver: &ChromeDriver, profile: &std::path::Path) -> Self {
-        let http = reqwest::Client::new();
-        let args = [
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream",
-            "--allow-loopback-in-peer-connection",
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .chain([format!("--user-data-dir={}", profile.display())])
-        .collect::<Vec<_>>();
-        let capabilities = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}
-        }}});
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let response = loop {
-            match http.post(format!("{}/session", driver.url)).json(&capabilities).send().await {
-                Ok(response) => break response,
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-                Err(e) => panic!("chromedriver does not answer: {e}"),
-            }
-        };
-        let body: Value = response.json().await.unwrap();
-        let session = body["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {body}")).to_owned();
-        Self { http, session: format!("{}/session/{session}", driver.url) }
-    }
-
-    async fn goto(&self, url: &str) {
-        let response = self.http.post(format!("{}/url", self.session)).json(&json!({"url": url})).send().await.unwrap();
-        assert!(response.status().is_success(), "navigate: {}", response.text().await.unwrap());
-    }
-
-    /// Runs an async script; `arguments[arguments.length - 1]` is the callback.
-    async fn run(&self, script: &str) -> Value {
-        let body = json!({"script": script, "args": []});
-        let response = self.http.post(format!("{}/execute/async", self.session)).json(&body).send().await.unwrap();
-        let value: Value = response.json().await.unwrap();
-        value["value"].clone()
-    }
-
-    async fn close(self) {
-        let _ = self.http.delete(&self.session).send().await;
-    }
+/// The `layers` CONFPART announces for `userid`.
+fn published_layers(peer: &Peer, userid: &str) -> Value {
+    let confpart = peer.confpart().unwrap_or_default();
+    let participant = confpart["participants"].as_array().into_iter().flatten().find(|p| p["userid"] == userid);
+    participant.map(|p| p["layers"].clone()).unwrap_or(Value::Null)
 }
 
 #[test]
-fn two_demo_pages_see_each_other() {
-    if std::env::var(IN_NAMESPACE).is_err() {
-        run_in_fresh_namespace("two_demo_pages_see_each_other");
-        return;
-    }
-    tokio::runtime::Runtime::new().unwrap().block_on(two_pages());
+fn firefox_chromium_and_webrtc_rs_in_one_conference() {
+    netns::isolated("firefox_chromium_and_webrtc_rs_in_one_conference", one_at_a_time, three_stacks);
 }
 
-async fn two_pages() {
+async fn three_stacks() {
     let sft = TestSft::start("").await;
+    let peer = Peer::join(&sft, PeerOptions::new("interop", "rs", 7)).await;
+    let mut firefox = Firefox::open(&profiles().join("firefox")).await;
+    firefox.goto(&sft.url("/?conf=interop&name=fox&autojoin=1")).await;
     let driver = ChromeDriver::start();
-    let profiles = std::env::temp_dir().join(format!("sft-chromium-{}", std::process::id()));
-    let mut browsers = Vec::new();
-    for name in ["ada", "grace"] {
-        let browser = Browser::open(&driver, &profiles.join(name)).await;
-        browser.goto(&sft.url(&format!("/?conf=browsers&name={name}&autojoin=1"))).await;
-        browsers.push(browser);
+    let chromium = Chromium::open(&driver, &profiles().join("chromium")).await;
+    chromium.goto(&sft.url("/?conf=interop&name=chrome&autojoin=1")).await;
+
+    let everyone = ["chrome@localhost", "fox@localhost", "rs@localhost"];
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    loop {
+        let fox = PageView(firefox.eval("window.sftReceived()").await);
+        let chrome = PageView(chromium.eval("window.sftReceived()").await);
+        let done = fox.participants() == everyone
+            && chrome.participants() == everyone
+            && fox.gets_all(&["chrome@localhost", "rs@localhost"])
+            && chrome.gets_all(&["fox@localhost", "rs@localhost"])
+            && peer.participants() == ["chrome", "fox", "rs"]
+            && peer_gets(&peer, "fox")
+            && peer_gets(&peer, "chrome");
+        if done {
+            eprintln!("firefox sees {}\nchromium sees {}", fox.0, chrome.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not everyone got everyone: firefox {}, chromium {}, webrtc-rs peer: participants {:?}, gets fox {}, \
+             gets chrome {}",
+            fox.0,
+            chrome.0,
+            peer.participants(),
+            peer_gets(&peer, "fox"),
+            peer_gets(&peer, "chrome")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let frames = "const done = arguments[arguments.length - 1]; window.sftFramesDecoded().then(done, e => done(-1));";
-    let names = "const done = arguments[arguments.length - 1]; \
-                 done([...document.querySelectorAll('.tile:not(.empty) .name')].map(e => e.textContent));";
-    let deadline = Instant::now() + Duration::from_secs(45);
-    for (browser, other) in browsers.iter().zip(["grace", "ada"]) {
-        loop {
-            let decoded = browser.run(frames).await.as_i64().unwrap_or(0);
-            let tiles = browser.run(names).await;
-            let names_other =
-                tiles.as_array().is_some_and(|t| t.iter().any(|n| n.as_str().unwrap_or("").starts_with(other)));
-            if decoded > 10 && names_other {
-                break;
+    // Both browsers publish simulcast, and each layer reaches a receiver.
+    for browser in ["fox", "chrome"] {
+        assert_eq!(published_layers(&peer, browser), json!(["l", "m", "h"]), "{browser}'s layers");
+    }
+    receive_every_layer(&peer, &["fox", "chrome"]).await;
+    assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 3.0);
+    chromium.close().await;
+    drop(firefox);
+    let _ = std::fs::remove_dir_all(profiles());
+}
+
+/// The peer asks for each browser's `l`, then `h` (or the best layer that
+/// flows: browsers hold `h` back until their bandwidth estimate allows it):
+/// keyframes of at least two sizes arrive from each browser.
+async fn receive_every_layer(peer: &Peer, browsers: &[&str]) {
+    for (quality, layer) in [("low", "l"), ("high", "h")] {
+        let streams: Vec<Value> = browsers
+            .iter()
+            .map(|b| json!({"userid": b, "clientid": client_of(peer, b), "domain": "localhost", "quality": quality}))
+            .collect();
+        peer.send(json!({"type": "REQSTREAMS", "streams": streams})).await;
+        for browser in browsers {
+            let now_at = |slots: &[(String, String)]| {
+                slots.iter().any(|(user, at)| user == browser && (at == layer || (layer == "h" && at != "l")))
+            };
+            let deadline = Instant::now() + BROWSER_TIMEOUT;
+            while !now_at(&peer.video_slots()) {
+                assert!(Instant::now() < deadline, "{browser} never moved to {quality}: {:?}", peer.video_slots());
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(Instant::now() < deadline, "page never decoded {other}'s video (frames {decoded}, tiles {tiles})");
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 2.0);
     for browser in browsers {
-        browser.close().await;
+        let widths = || {
+            let mid = peer.slot_mid_of(browser, "video").unwrap();
+            let mut widths = peer.slot_stats(&mid).keyframe_widths;
+            widths.sort();
+            widths.dedup();
+            widths
+        };
+        let deadline = Instant::now() + BROWSER_TIMEOUT;
+        while widths().len() < 2 {
+            assert!(Instant::now() < deadline, "{browser}: keyframe widths {:?} show one layer only", widths());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    let _ = std::fs::remove_dir_all(profiles);
+}
+
+fn client_of(peer: &Peer, userid: &str) -> String {
+    let confpart = peer.confpart().unwrap();
+    let participant = confpart["participants"].as_array().unwrap().iter().find(|p| p["userid"] == userid).cloned();
+    participant.and_then(|p| p["clientid"].as_str().map(String::from)).unwrap_or_default()
+}
+
+#[test]
+fn firefox_on_a_federated_sft_sees_chromium_on_the_anchor() {
+    netns::isolated("firefox_on_a_federated_sft_sees_chromium_on_the_anchor", one_at_a_time, federated_browsers);
+}
+
+async fn federated_browsers() {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;
+    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &peers_table(&[("a.example", &a)]))).await;
+    let driver = ChromeDriver::start();
+    let chromium = Chromium::open(&driver, &profiles().join("chromium")).await;
+    chromium.goto(&a.url("/?conf=fedweb&name=chrome&autojoin=1")).await;
+    let mut firefox = Firefox::open(&profiles().join("firefox")).await;
+    firefox.goto(&b.url("/?conf=fedweb&name=fox&autojoin=1&anchor=a.example")).await;
+
+    let both = ["chrome@a.example", "fox@b.example"];
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    loop {
+        let fox = PageView(firefox.eval("window.sftReceived()").await);
+        let chrome = PageView(chromium.eval("window.sftReceived()").await);
+        if fox.participants() == both
+            && chrome.participants() == both
+            && fox.gets_all(&["chrome@a.example"])
+            && chrome.gets_all(&["fox@b.example"])
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no federated call: firefox on b {}, chromium on a {}", fox.0, chrome.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(b.metric("sft_participants{role=\"local\"}").await, 1.0);
+    assert_eq!(b.metric("sft_participants{role=\"remote\"}").await, 1.0);
+    chromium.close().await;
+    drop(firefox);
+    let _ = std::fs::remove_dir_all(profiles());
 }

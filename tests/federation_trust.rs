@@ -1,4 +1,4 @@
-//! Who may federate: every refusal of contract section 5 is refused,
+//! Who may federate: every refusal of `docs/contract.md` section 5 is refused,
 //! counted, and lets no media flow; and SRV discovery against a real DNS
 //! server on loopback.
 

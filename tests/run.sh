@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust: installs what
-# the tests need (Chromium and ChromeDriver for the demo-page test, iproute2
-# and util-linux for its private network namespace, promtool from Debian's
-# prometheus package and systemd-analyze for the ops/ checks), then runs
-# every test and builds the benchmarks. Extra arguments go to `cargo test`.
+# the tests need (Chromium, ChromeDriver and Firefox ESR for the browser
+# tests, iproute2 and util-linux for their private network namespaces,
+# python3-venv for the aiortc client's virtualenv, promtool from Debian's
+# prometheus package and systemd-analyze for the ops/ checks), makes the
+# aiortc virtualenv (pinned, from PyPI), then runs every test and builds the
+# benchmarks. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v firefox-esr >/dev/null || missing+=(firefox-esr)
+python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v promtool >/dev/null || missing+=(prometheus)
@@ -21,6 +25,8 @@ if ((${#missing[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
+
+tests/aiortc/setup-venv.sh target/aiortc-venv
 
 cargo test --locked "$@"
 cargo bench --locked --no-run

@@ -39,7 +39,7 @@ pub enum Origin {
     Remote { link: LinkId, remote_id: u64 },
 }
 
-/// A conference id as the contract allows it: 1 to 128 of `[A-Za-z0-9._~-]`.
+/// A conference id as `docs/contract.md` allows it: 1 to 128 of `[A-Za-z0-9._~-]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConfId(String);
 
@@ -105,7 +105,7 @@ pub enum Layer {
 impl Layer {
     pub const ALL: [Layer; 3] = [Layer::Low, Layer::Medium, Layer::High];
 
-    /// Parses a simulcast rid as the contract names them (`l`, `m`, `h`).
+    /// Parses a simulcast rid as `docs/contract.md` names them (`l`, `m`, `h`).
     pub fn from_rid(rid: &str) -> Option<Self> {
         match rid {
             "l" => Some(Self::Low),

@@ -1,4 +1,4 @@
-//! The data channel messages of contract section 3.2, as typed values.
+//! The data channel messages of `docs/contract.md` section 3.2, as typed values.
 
 use serde::{Deserialize, Serialize};
 

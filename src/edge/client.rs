@@ -16,7 +16,7 @@ use crate::core::messages::ServerMessage;
 
 use super::offer::OfferSummary;
 
-/// The data channel label of contract section 3.2.
+/// The data channel label of `docs/contract.md` section 3.2.
 pub const CHANNEL_LABEL: &str = "sft";
 
 /// How long after DTLS a client without an open data channel waits for media.

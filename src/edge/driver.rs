@@ -7,11 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Limits};
@@ -24,6 +23,7 @@ use crate::core::messages::ClientMessage;
 use crate::federation::framing::{Control, MediaFrame};
 use crate::metrics::{DropReason, Metrics};
 
+use super::answer;
 use super::client::{Client, Media};
 use super::links::{relay_codec, str0m_codec, Channels, Link};
 use super::offer::{self, OfferSummary};
@@ -37,8 +37,6 @@ const MAX_BATCHES_PER_WAKE: usize = 16;
 const IDLE_SWEEP: Duration = Duration::from_millis(500);
 /// The biggest data channel message a client may send.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
-/// How often each session reports per-stream loss (`sft_stream_loss_ratio`).
-const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the edge holds, for `/metrics` and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -181,22 +179,9 @@ impl Driver {
         if existing.is_some_and(|c| c.counts().0 + c.counts().1 >= self.limits.max_conference_size) {
             return Err(JoinError::AtCapacity("the conference is full"));
         }
-        let summary = offer::inspect(&request.offer_sdp).map_err(|e| JoinError::BadOffer(e.to_string()))?;
-        let sdp = SdpOffer::from_sdp_string(&request.offer_sdp)
-            .map_err(|e| JoinError::BadOffer(format!("invalid SDP: {e}")))?;
-        let mut rtc = Rtc::builder()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .set_stats_interval(Some(STATS_INTERVAL))
-            .build(now);
-        let candidate = Candidate::host(self.public_addr, "udp")
-            .map_err(|e| JoinError::BadOffer(format!("host candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
-        let answer =
-            rtc.sdp_api().accept_offer(sdp).map_err(|e| JoinError::BadOffer(format!("offer not accepted: {e}")))?;
+        let (offer, summary) = offer::parse(&request.offer_sdp).map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let (rtc, answer) =
+            answer::answer(now, self.public_addr, offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
 
         let id = next_id(&mut self.next_participant);
         let (number, created) = self.conference_number(&request.conference);
@@ -223,7 +208,7 @@ impl Driver {
         self.mark_dirty(id);
         self.update_gauges();
         tracing::info!(participant = %id, conf = %request.conference.conf_id, "joined");
-        Ok(answer.to_sdp_string())
+        Ok(answer)
     }
 
     /// The driver's number for a conference, creating it when new.

@@ -4,10 +4,11 @@
 //! Signalling talks to it through [`EdgeHandle`]; nothing else touches the
 //! sessions, so no locks are needed on the packet path.
 
+mod answer;
 mod client;
 mod driver;
 mod links;
-pub mod offer;
+mod offer;
 pub mod udp;
 
 use std::net::SocketAddr;

@@ -1,7 +1,14 @@
-//! Checks a client's SDP offer against contract section 3.1 before it is
-//! handed to the WebRTC stack, and summarises what the client publishes and
-//! where it receives.
+//! Checks a client's SDP offer against `docs/contract.md` section 3.1 and
+//! summarises what the client publishes and where it receives.
+//!
+//! The offer is parsed once, by str0m; this module reads str0m's parsed
+//! `SdpOffer` rather than the text. str0m keeps its SDP model crate-private
+//! but reachable through `SdpOffer`'s `Deref`: fields and methods are used
+//! where they exist, and the two facts str0m does not expose (the BUNDLE
+//! group and `a=rtcp-mux`) are read from the attributes' own SDP rendering.
 
+use str0m::change::SdpOffer;
+use str0m::media::{Direction, MediaKind as StreamKind};
 use thiserror::Error;
 
 use crate::core::ids::{Layer, MediaKind};
@@ -11,14 +18,14 @@ const MAX_MEDIA_LINES: usize = 64;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OfferError {
-    #[error("not an SDP offer (must start with v=0)")]
-    NotSdp,
+    #[error("invalid SDP: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Inconsistent(String),
     #[error("the offer has no a=group:BUNDLE line")]
     NoBundle,
     #[error("m-line {0} is not in the BUNDLE group")]
     NotBundled(String),
-    #[error("m-line {0} has no a=mid")]
-    NoMid(usize),
     #[error("m-line {0} lacks a=rtcp-mux")]
     NoRtcpMux(String),
     #[error("m-line {0} is sendrecv or inactive: offer sendonly or recvonly m-lines")]
@@ -50,106 +57,72 @@ pub struct OfferSummary {
     pub video_slots: Vec<String>,
 }
 
-struct MediaSection<'a> {
-    kind: &'a str,
-    port_zero: bool,
-    mid: Option<&'a str>,
-    direction: Option<&'a str>,
-    rtcp_mux: bool,
-    send_rids: Vec<&'a str>,
+/// Parses `sdp` and checks it against `docs/contract.md`: the parsed offer for
+/// str0m's `accept_offer`, and what it asks of the SFT.
+pub fn parse(sdp: &str) -> Result<(SdpOffer, OfferSummary), OfferError> {
+    let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| OfferError::Invalid(e.to_string()))?;
+    let summary = inspect(&offer)?;
+    Ok((offer, summary))
 }
 
-pub fn inspect(sdp: &str) -> Result<OfferSummary, OfferError> {
-    let mut lines = sdp.lines().map(|l| l.trim_end_matches('\r'));
-    if lines.next() != Some("v=0") {
-        return Err(OfferError::NotSdp);
+fn inspect(offer: &SdpOffer) -> Result<OfferSummary, OfferError> {
+    if offer.media_lines.len() > MAX_MEDIA_LINES {
+        return Err(OfferError::TooManyLines);
     }
-    let mut bundle: Option<Vec<&str>> = None;
-    let mut sections: Vec<MediaSection> = Vec::new();
-    for line in lines {
-        if let Some(m) = line.strip_prefix("m=") {
-            if sections.len() == MAX_MEDIA_LINES {
-                return Err(OfferError::TooManyLines);
-            }
-            let mut fields = m.split(' ');
-            let kind = fields.next().unwrap_or("");
-            let port_zero = fields.next() == Some("0");
-            sections.push(MediaSection {
-                kind,
-                port_zero,
-                mid: None,
-                direction: None,
-                rtcp_mux: false,
-                send_rids: Vec::new(),
-            });
-            continue;
-        }
-        let Some(attr) = line.strip_prefix("a=") else {
-            continue;
-        };
-        let Some(section) = sections.last_mut() else {
-            if let Some(group) = attr.strip_prefix("group:BUNDLE") {
-                bundle = Some(group.split_whitespace().collect());
-            }
-            continue;
-        };
-        match attr {
-            "sendonly" | "recvonly" | "sendrecv" | "inactive" => section.direction = Some(attr),
-            "rtcp-mux" => section.rtcp_mux = true,
-            _ => {
-                if let Some(mid) = attr.strip_prefix("mid:") {
-                    section.mid = Some(mid.trim());
-                } else if let Some(rid) = attr.strip_prefix("rid:") {
-                    let mut parts = rid.split_whitespace();
-                    if let (Some(id), Some("send")) = (parts.next(), parts.next()) {
-                        section.send_rids.push(id);
-                    }
-                }
-            }
-        }
-    }
-    let bundle = bundle.ok_or(OfferError::NoBundle)?;
+    let bundle = bundle_group(offer).ok_or(OfferError::NoBundle)?;
     let mut summary = OfferSummary::default();
     let mut has_data_channel = false;
-    for (index, section) in sections.iter().enumerate() {
-        if section.port_zero {
+    for line in &offer.media_lines {
+        // str0m's parser runs the same check today; asking again keeps
+        // `mid()`, which panics without an a=mid, safe on any version.
+        if let Some(problem) = line.check_consistent() {
+            return Err(OfferError::Inconsistent(problem));
+        }
+        let mid = line.mid().to_string();
+        let bundled = bundle.contains(&mid);
+        // Port 0 rejects an m-line unless it is in the BUNDLE group: then it
+        // is `a=bundle-only` (RFC 8843 section 6), as Firefox offers every
+        // m-line after the first under max-bundle, and just as live.
+        if line.disabled && !bundled {
             continue;
         }
-        let mid = section.mid.ok_or(OfferError::NoMid(index))?;
-        if !bundle.contains(&mid) {
-            return Err(OfferError::NotBundled(mid.to_owned()));
+        if !bundled {
+            return Err(OfferError::NotBundled(mid));
         }
-        let kind = match section.kind {
-            "audio" => MediaKind::Audio,
-            "video" => MediaKind::Video,
-            "application" => {
-                has_data_channel = true;
-                continue;
-            }
-            _ => continue,
+        if line.typ.is_channel() {
+            has_data_channel = true;
+            continue;
+        }
+        let kind = if line.typ == StreamKind::Audio.into() {
+            MediaKind::Audio
+        } else if line.typ == StreamKind::Video.into() {
+            MediaKind::Video
+        } else {
+            continue;
         };
-        if !section.rtcp_mux {
-            return Err(OfferError::NoRtcpMux(mid.to_owned()));
+        if !line.attrs.iter().any(|a| a.to_string() == "a=rtcp-mux\r\n") {
+            return Err(OfferError::NoRtcpMux(mid));
         }
-        match (section.direction, kind) {
-            (Some("recvonly"), MediaKind::Audio) => summary.audio_slots.push(mid.to_owned()),
-            (Some("recvonly"), MediaKind::Video) => summary.video_slots.push(mid.to_owned()),
-            (Some("sendonly"), MediaKind::Audio) => {
-                if summary.audio_publish.replace(mid.to_owned()).is_some() {
+        match (line.direction(), kind) {
+            (Direction::RecvOnly, MediaKind::Audio) => summary.audio_slots.push(mid),
+            (Direction::RecvOnly, MediaKind::Video) => summary.video_slots.push(mid),
+            (Direction::SendOnly, MediaKind::Audio) => {
+                if summary.audio_publish.replace(mid).is_some() {
                     return Err(OfferError::TwoPublications("audio"));
                 }
             }
-            (Some("sendonly"), MediaKind::Video) => {
-                let publication = VideoPublication {
-                    mid: mid.to_owned(),
-                    layers: simulcast_layers(mid, &section.send_rids)?,
-                    simulcast: !section.send_rids.is_empty(),
-                };
+            (Direction::SendOnly, MediaKind::Video) => {
+                let rids: Vec<String> = line
+                    .simulcast()
+                    .map(|s| s.send.iter().map(|layer| layer.restriction_id.0.clone()).collect())
+                    .unwrap_or_default();
+                let publication =
+                    VideoPublication { layers: simulcast_layers(&mid, &rids)?, simulcast: !rids.is_empty(), mid };
                 if summary.video_publish.replace(publication).is_some() {
                     return Err(OfferError::TwoPublications("video"));
                 }
             }
-            _ => return Err(OfferError::Direction(mid.to_owned())),
+            _ => return Err(OfferError::Direction(mid)),
         }
     }
     if !has_data_channel {
@@ -158,15 +131,22 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, OfferError> {
     Ok(summary)
 }
 
-fn simulcast_layers(mid: &str, rids: &[&str]) -> Result<Vec<Layer>, OfferError> {
+/// The mids of the session-level `a=group:BUNDLE`.
+fn bundle_group(offer: &SdpOffer) -> Option<Vec<String>> {
+    offer.session.attrs.iter().find_map(|attr| {
+        let line = attr.to_string();
+        let mids = line.trim_end().strip_prefix("a=group:BUNDLE")?;
+        Some(mids.split_whitespace().map(str::to_owned).collect())
+    })
+}
+
+fn simulcast_layers(mid: &str, rids: &[String]) -> Result<Vec<Layer>, OfferError> {
     if rids.is_empty() {
         return Ok(vec![Layer::High]);
     }
     let mut layers = rids
         .iter()
-        .map(|rid| {
-            Layer::from_rid(rid).ok_or_else(|| OfferError::UnknownRid { mid: mid.to_owned(), rid: (*rid).to_owned() })
-        })
+        .map(|rid| Layer::from_rid(rid).ok_or_else(|| OfferError::UnknownRid { mid: mid.to_owned(), rid: rid.clone() }))
         .collect::<Result<Vec<_>, _>>()?;
     layers.sort();
     layers.dedup();
@@ -174,60 +154,4 @@ fn simulcast_layers(mid: &str, rids: &[&str]) -> Result<Vec<Layer>, OfferError> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn offer(body: &str) -> String {
-        format!("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2 3 4\r\n{body}")
-    }
-
-    const FULL: &str = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=rtcp-mux\r\na=rid:l send\r\na=rid:m send\r\na=rid:h send\r\na=simulcast:send l;m;h\r\n\
-m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=recvonly\r\na=rtcp-mux\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=recvonly\r\na=rtcp-mux\r\n\
-m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n";
-
-    #[test]
-    fn summarises_a_full_offer() {
-        let summary = inspect(&offer(FULL)).unwrap();
-        assert_eq!(summary.audio_publish.as_deref(), Some("0"));
-        let video = summary.video_publish.unwrap();
-        assert_eq!((video.mid.as_str(), video.simulcast), ("1", true));
-        assert_eq!(video.layers, vec![Layer::Low, Layer::Medium, Layer::High]);
-        assert_eq!(summary.audio_slots, vec!["2"]);
-        assert_eq!(summary.video_slots, vec!["3"]);
-    }
-
-    #[test]
-    fn rejects_what_the_contract_does_not_allow() {
-        assert_eq!(inspect("garbage"), Err(OfferError::NotSdp));
-        assert_eq!(inspect(&offer(FULL).replace("a=group:BUNDLE 0 1 2 3 4\r\n", "")), Err(OfferError::NoBundle));
-        assert_eq!(
-            inspect(&offer(FULL).replace("BUNDLE 0 1 2 3 4", "BUNDLE 0 1 2 4")),
-            Err(OfferError::NotBundled("3".into()))
-        );
-        assert_eq!(inspect(&offer(&FULL.replacen("a=rtcp-mux\r\n", "", 1))), Err(OfferError::NoRtcpMux("0".into())));
-        assert_eq!(
-            inspect(&offer(&FULL.replacen("a=sendonly", "a=sendrecv", 1))),
-            Err(OfferError::Direction("0".into()))
-        );
-        assert_eq!(
-            inspect(&offer(&FULL.replace("a=recvonly", "a=sendonly"))),
-            Err(OfferError::TwoPublications("audio"))
-        );
-        assert!(matches!(
-            inspect(&offer(&FULL.replace("rid:m send", "rid:x send"))),
-            Err(OfferError::UnknownRid { .. })
-        ));
-        let no_data = FULL.replace("m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n", "");
-        assert_eq!(inspect(&offer(&no_data)), Err(OfferError::NoDataChannel));
-        let many = "m=audio 9 X 1\r\n".repeat(65);
-        assert_eq!(inspect(&offer(&many)), Err(OfferError::TooManyLines));
-    }
-
-    #[test]
-    fn rejected_m_lines_are_ignored() {
-        let body = format!("{FULL}m=video 0 UDP/TLS/RTP/SAVPF 96\r\n");
-        assert!(inspect(&offer(&body)).is_ok());
-    }
-}
+mod tests;

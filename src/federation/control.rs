@@ -1,4 +1,4 @@
-//! The federation control plane (contract 5.1): HTTPS with mutual TLS,
+//! The federation control plane (`docs/contract.md` section 5.1): HTTPS with mutual TLS,
 //! `POST /federation/sft/<rpc>`, `Wire-Origin-Domain` checked against the
 //! client certificate; and the client side of the same RPCs.
 

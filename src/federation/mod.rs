@@ -1,4 +1,4 @@
-//! Federation (contract sections 4 and 5): trust, discovery, the control
+//! Federation (`docs/contract.md` sections 4 and 5): trust, discovery, the control
 //! plane and the QUIC relay between one domain's SFT and another's.
 //!
 //! The anchor of a conference accepts relay links from federated SFTs; a

@@ -1,4 +1,4 @@
-//! The media relay (contract 5.2): QUIC with mutual TLS, ALPN `sft-relay/1`,
+//! The media relay (`docs/contract.md` section 5.2): QUIC with mutual TLS, ALPN `sft-relay/1`,
 //! media as datagrams, control on one bidirectional stream per connection.
 //! This file moves bytes; the edge driver decides what they mean.
 

@@ -1,5 +1,5 @@
 //! `sft-load`: synthetic WebRTC participants (webrtc-rs, a second stack
-//! independent of the server's) that join conferences through the contract,
+//! independent of the server's) that join conferences through `docs/contract.md`,
 //! publish tagged media and measure what comes back. Built with the `load`
 //! feature; the integration tests use the same peers.
 

@@ -1,4 +1,4 @@
-//! One synthetic participant: joins through the contract's SETUP, publishes
+//! One synthetic participant: joins through `docs/contract.md`'s SETUP, publishes
 //! tagged audio and (simulcast) video, and accounts for what it receives.
 #![allow(clippy::disallowed_methods)] // a load peer measures real time
 
@@ -120,7 +120,7 @@ impl LoadPeer {
     }
 }
 
-/// The contract's SETUP request carrying the offer `sdp`. With
+/// `docs/contract.md`'s SETUP request carrying the offer `sdp`. With
 /// `anchor_domain`, the conference is anchored at that domain's SFT and this
 /// SFT joins it as a federated node.
 pub fn setup_body(sessid: &str, userid: &str, clientid: &str, sdp: &str, anchor_domain: Option<&str>) -> Value {

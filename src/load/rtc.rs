@@ -104,7 +104,7 @@ pub async fn add_video(
     Ok((tracks, sender))
 }
 
-/// Adds the receive slots (contract 3.1: one recvonly m-line per slot).
+/// Adds the receive slots (`docs/contract.md` section 3.1: one recvonly m-line per slot).
 pub async fn add_receive_slots(pc: &RTCPeerConnection, audio: usize, video: usize) -> Result<(), webrtc::Error> {
     for (kind, count) in [(RTPCodecType::Audio, audio), (RTPCodecType::Video, video)] {
         for _ in 0..count {

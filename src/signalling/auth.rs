@@ -1,4 +1,4 @@
-//! The optional bearer token of contract section 3:
+//! The optional bearer token of `docs/contract.md` section 3:
 //! `Bearer <expiry>.<hex HMAC-SHA256(secret, "<conf_id>|<src_userid>|<expiry>")>`.
 
 use hmac::{Hmac, Mac};

@@ -1,4 +1,4 @@
-//! The one place where signalling failures become the contract's HTTP
+//! The one place where signalling failures become `docs/contract.md`'s HTTP
 //! status codes and `{"error","message"}` bodies.
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -87,6 +87,10 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let body = Json(serde_json::json!({ "error": code, "message": self.to_string() }));
         let mut response = (status, body).into_response();
+        if matches!(self, Self::TooLarge) {
+            // The rest of the body may still be on its way: do not reuse the connection.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }

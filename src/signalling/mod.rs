@@ -1,8 +1,9 @@
-//! Client signalling (contract section 3): SETUP and leave over HTTP, CORS,
+//! Client signalling (`docs/contract.md` section 3): SETUP and leave over HTTP, CORS,
 //! the optional bearer token, and the demo page.
 #![allow(clippy::disallowed_methods)] // the shell reads the clock: join latency, token expiry
 
 mod auth;
+mod body;
 mod cors;
 mod demo;
 mod error;
@@ -10,8 +11,8 @@ mod error;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -27,8 +28,6 @@ use crate::metrics::Metrics;
 pub use auth::sign as sign_token;
 pub use error::ApiError;
 
-/// The largest SETUP body the contract allows.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_SESSID_CHARS: usize = 64;
 const MAX_ID_CHARS: usize = 256;
 
@@ -45,11 +44,13 @@ pub struct Signalling {
 
 pub fn router(state: Arc<Signalling>) -> Router {
     let cors_state = state.clone();
+    let body_state = state.clone();
     Router::new()
         .route("/", get(demo::page))
         .route("/sft/{conf_id}", post(setup))
         .route("/sft/{conf_id}/{sessid}", delete(leave))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(move |request, next| body::read_whole(body_state.clone(), request, next)))
         .layer(axum::middleware::from_fn(move |request, next| cors::handle(cors_state.clone(), request, next)))
         .with_state(state)
 }
@@ -77,9 +78,14 @@ struct Anchor {
     domain: String,
 }
 
-async fn setup(State(state): State<Arc<Signalling>>, Path(conf_id): Path<String>, request: Request) -> Response {
+async fn setup(
+    State(state): State<Arc<Signalling>>,
+    Path(conf_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
-    match join(&state, &conf_id, request).await {
+    match join(&state, &conf_id, &headers, &body).await {
         Ok(answer) => {
             state.metrics.join_duration.observe(started.elapsed().as_secs_f64());
             Json(answer).into_response()
@@ -94,12 +100,15 @@ async fn setup(State(state): State<Arc<Signalling>>, Path(conf_id): Path<String>
     }
 }
 
-async fn join(state: &Signalling, conf_id: &str, request: Request) -> Result<serde_json::Value, ApiError> {
+async fn join(
+    state: &Signalling,
+    conf_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<serde_json::Value, ApiError> {
     let conf_id = ConfId::parse(conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let headers = request.headers().clone();
-    let body = read_body(request.into_body(), &headers).await?;
     let setup: SetupRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid SETUP JSON: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid SETUP JSON: {e}")))?;
     check_setup(&setup)?;
     if state.drain.is_draining() {
         return Err(ApiError::Unavailable("this SFT is draining"));
@@ -158,16 +167,6 @@ fn check_setup(setup: &SetupRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-/// Reads at most [`MAX_BODY_BYTES`]; more is 413 whatever Content-Length says.
-async fn read_body(body: Body, headers: &HeaderMap) -> Result<Bytes, ApiError> {
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::TooLarge);
-    }
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::TooLarge)
 }
 
 async fn leave(

@@ -6,6 +6,7 @@
 pub mod counting;
 pub mod fed;
 pub mod ivf;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod simulcast_conference;

@@ -1,7 +1,7 @@
 //! A light client of the SFT built on str0m and driven by the caller's
 //! thread: the forwarding bench and the memory test use it where many
 //! sessions must be cheap. One VP8 m-line (publisher in frame mode, or a
-//! receive slot in RTP mode) and the contract's `sft` data channel.
+//! receive slot in RTP mode) and `docs/contract.md`'s `sft` data channel.
 //!
 //! Once its data channel is open, a receiver counts SRTP datagrams instead
 //! of decrypting them, so the client side stays far cheaper than the SFT.
