@@ -1,6 +1,6 @@
 //! aiortc (Python), a WebRTC stack nobody on this project wrote, joins a
 //! conference with a webrtc-rs peer: both decode each other, CONFPART,
-//! REQSTREAMS and HANGUP work, and aiohttp's pooled connection survives a
+//! REQSTREAMS and HANGUP work, and aiohttp's connection pool goes on after a
 //! 413. The client is `tests/aiortc/client.py`, run from a virtualenv that
 //! `tests/aiortc/setup-venv.sh` makes with the pinned aiortc; the call runs
 //! inside a fresh network namespace that has only loopback.
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::{netns, wait_for, wait_for_within, Peer, PeerOptions, Signalling, TestSft};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 
 /// The client's own bound on the whole call, and ours on the process.
 const CLIENT_TIMEOUT_SECS: u64 = 60;
@@ -40,10 +41,11 @@ fn make_venv() {
 async fn aiortc_call() {
     let sft = TestSft::start("").await;
     let peer = Peer::join(&sft, PeerOptions::new("aiortc", "rs", 9)).await;
-    let client = tokio::process::Command::new(venv().join("bin").join("python"))
+    let mut client = tokio::process::Command::new(venv().join("bin").join("python"))
         .arg(script("client.py"))
         .args(["--url", &sft.url(""), "--conf", "aiortc", "--user", "py", "--peer", "rs"])
-        .args(["--timeout", &CLIENT_TIMEOUT_SECS.to_string(), "--expect-layer", "l"])
+        .args(["--timeout", &CLIENT_TIMEOUT_SECS.to_string(), "--expect-layer", "l", "--hangup-on-stdin"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -57,6 +59,10 @@ async fn aiortc_call() {
     })
     .await;
     assert_eq!(peer.participants(), ["py", "rs"]);
+    // Seen: the client may hang up now.
+    let mut go_ahead = client.stdin.take().unwrap();
+    go_ahead.write_all(b"hang up\n").await.unwrap();
+    drop(go_ahead);
 
     // The aiortc side, as the client reports it.
     let output = tokio::time::timeout(Duration::from_secs(CLIENT_TIMEOUT_SECS + 30), client.wait_with_output())
@@ -72,7 +78,8 @@ async fn aiortc_call() {
     assert_eq!(report["participants"], serde_json::json!(["py", "rs"]), "{report}");
     assert!(report["video_frames_from_peer"].as_u64() >= Some(10), "{report}");
     assert!(report["audio_frames_from_peer"].as_u64() >= Some(10), "{report}");
-    // REQSTREAMS "low" moved the slot to the peer's `l` layer, which is narrower.
+    // REQSTREAMS "low" moved the slot from the peer's `h` to its `l`, which is narrower.
+    assert_eq!(report["layer_before_reqstreams"], "h", "{report}");
     assert_eq!(report["layer_after_reqstreams"], "l", "{report}");
     assert!(report["frames_after_reqstreams"].as_u64() >= Some(10), "{report}");
     assert!(report["width_after"].as_u64() < report["width_before"].as_u64(), "{report}");

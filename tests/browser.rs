@@ -52,6 +52,14 @@ impl PageView {
         names
     }
 
+    /// The simulcast rids the page sends, sorted.
+    fn rids_sent(&self) -> Vec<String> {
+        let mut rids: Vec<String> =
+            self.0["sent"].as_object().into_iter().flatten().map(|(rid, _)| rid.clone()).collect();
+        rids.sort();
+        rids
+    }
+
     /// Whether this page decodes every one of `others`' video and receives their audio.
     fn gets_all(&self, others: &[&str]) -> bool {
         others.iter().all(|who| self.count("video", who) > ENOUGH && self.count("audio", who) > ENOUGH)
@@ -118,6 +126,11 @@ async fn three_stacks() {
     // Both browsers publish simulcast, and each layer reaches a receiver.
     for browser in ["fox", "chrome"] {
         assert_eq!(published_layers(&peer, browser), json!(["l", "m", "h"]), "{browser}'s layers");
+    }
+    let sent =
+        [PageView(firefox.eval("window.sftReceived()").await), PageView(chromium.eval("window.sftReceived()").await)];
+    for (browser, view) in ["firefox", "chromium"].iter().zip(&sent) {
+        assert_eq!(view.rids_sent(), ["h", "l", "m"], "{browser} sends {}", view.0["sent"]);
     }
     receive_every_layer(&peer, &["fox", "chrome"]).await;
     assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 3.0);

@@ -60,16 +60,19 @@ fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
 async fn early_errors_leave_the_connection_usable() {
     let sft = TestSft::start("").await;
     let mut stream = TcpStream::connect(sft.server.signalling_addr).await.unwrap();
-    let setup = br#"{"version":"3.0","type":"SETUP","sessid":"s","resp":false}"#;
+    // A body within the limit but larger than what arrives with the headers,
+    // so an answer before reading it would leave bytes on the connection.
+    let setup =
+        format!(r#"{{"version":"3.0","type":"SETUP","sessid":"s","resp":false,"pad":"{}"}}"#, "x".repeat(32 * 1024));
     // A bad conf_id, an unknown path and a SETUP that is not a SETUP, each
-    // with a body, then a DELETE: all answered on the one connection.
+    // with that body, then a DELETE: all answered on the one connection.
     for (method, path, status) in [
         ("POST", "/sft/bad%20id", 400),
         ("POST", "/nowhere", 404),
         ("POST", "/sft/conf", 400),
         ("DELETE", "/sft/conf/nobody", 404),
     ] {
-        stream.write_all(&request(method, path, setup)).await.unwrap();
+        stream.write_all(&request(method, path, setup.as_bytes())).await.unwrap();
         let response = read_response(&mut stream).await;
         assert_eq!(response.status, status, "{method} {path}: {}", response.head);
         assert!(!response.head.contains("connection: close"), "{method} {path}: {}", response.head);
@@ -91,6 +94,28 @@ async fn an_oversized_body_is_read_answered_413_and_the_connection_closed_cleanl
     let end = tokio::time::timeout(common::TIMEOUT, stream.read(&mut rest)).await.unwrap();
     assert!(matches!(end, Ok(0)), "expected a clean close, got {end:?}");
     assert_eq!(sft.metric("sft_sessions_rejected_total{reason=\"too-large\"}").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_announced_far_too_large_or_awaiting_100_continue_gets_413_at_once() {
+    let sft = TestSft::start("").await;
+    for head in [
+        "POST /sft/conf HTTP/1.1\r\nhost: sft\r\ncontent-length: 5000000\r\n\r\n",
+        "POST /sft/conf HTTP/1.1\r\nhost: sft\r\ncontent-length: 100000\r\nexpect: 100-continue\r\n\r\n",
+    ] {
+        // Only the head is sent: the answer must not wait for the body.
+        let mut stream = TcpStream::connect(sft.server.signalling_addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let response = read_response(&mut stream).await;
+        assert_eq!(response.status, 413, "{head:?}: {}", response.head);
+        assert!(response.head.contains("connection: close"), "{}", response.head);
+    }
+    assert_eq!(sft.metric("sft_sessions_rejected_total{reason=\"too-large\"}").await, 2.0);
+    // An oversized body to a path that is not a SETUP is no rejected session.
+    let client = reqwest::Client::new();
+    let response = client.post(sft.url("/sft/conf/extra")).body(vec![b' '; OVERSIZED]).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(sft.metric("sft_sessions_rejected_total{reason=\"too-large\"}").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,6 @@
 //! Answers a client's offer: one str0m `Rtc` per client (ICE-lite, RTP mode,
 //! Opus and VP8) and the complete answer SDP of `docs/contract.md` section 3.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
@@ -12,15 +11,12 @@ use thiserror::Error;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
-pub enum AnswerError {
-    #[error("host candidate: {0}")]
-    Candidate(String),
-    #[error("offer not accepted: {0}")]
-    NotAccepted(String),
-}
+#[error("offer not accepted: {0}")]
+pub struct AnswerError(String);
 
-/// A client's session state and the answer to send it.
-pub fn answer(now: Instant, media_addr: SocketAddr, offer: SdpOffer) -> Result<(Rtc, String), AnswerError> {
+/// A client's session state and the answer to send it, with `candidate`
+/// (the host candidate on the media socket).
+pub fn answer(now: Instant, candidate: Candidate, offer: SdpOffer) -> Result<(Rtc, String), AnswerError> {
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
@@ -29,9 +25,8 @@ pub fn answer(now: Instant, media_addr: SocketAddr, offer: SdpOffer) -> Result<(
         .enable_vp8(true)
         .set_stats_interval(Some(STATS_INTERVAL))
         .build(now);
-    let candidate = Candidate::host(media_addr, "udp").map_err(|e| AnswerError::Candidate(e.to_string()))?;
     rtc.add_local_candidate(candidate);
-    let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| AnswerError::NotAccepted(e.to_string()))?;
+    let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| AnswerError(e.to_string()))?;
     Ok((rtc, candidates_in_every_section(&answer.to_sdp_string())))
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use str0m::format::Codec;
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
-use str0m::{Event, IceConnectionState, Input, Output};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Limits};
@@ -26,7 +26,7 @@ use crate::metrics::{DropReason, Metrics};
 use super::answer;
 use super::client::{Client, Media};
 use super::links::{relay_codec, str0m_codec, Channels, Link};
-use super::offer::{self, OfferSummary};
+use super::offer::OfferSummary;
 use super::udp::{Datagram, MediaSocket};
 use super::{Command, JoinError, JoinRequest};
 
@@ -48,6 +48,8 @@ pub struct EdgeStats {
 pub(super) struct Driver {
     socket: MediaSocket,
     public_addr: SocketAddr,
+    /// The host candidate every answer carries (`public_addr`).
+    host_candidate: Candidate,
     domain: String,
     conference_config: ConferenceConfig,
     idle_timeout: Duration,
@@ -78,7 +80,13 @@ pub(super) struct Driver {
 }
 
 impl Driver {
-    pub(super) fn new(socket: MediaSocket, public_addr: SocketAddr, config: &Config, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(
+        socket: MediaSocket,
+        public_addr: SocketAddr,
+        host_candidate: Candidate,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let conference_config = ConferenceConfig {
             link_timeout: config
                 .federation
@@ -89,6 +97,7 @@ impl Driver {
         Self {
             socket,
             public_addr,
+            host_candidate,
             domain: config.domain.clone(),
             conference_config,
             idle_timeout: config.media.idle_timeout,
@@ -145,7 +154,7 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Join { request, reply } => {
-                let result = self.join(Instant::now(), request);
+                let result = self.join(Instant::now(), *request);
                 let _ = reply.send(result);
             }
             Command::Leave { conf_id, sessid, reply } => {
@@ -179,9 +188,9 @@ impl Driver {
         if existing.is_some_and(|c| c.counts().0 + c.counts().1 >= self.limits.max_conference_size) {
             return Err(JoinError::AtCapacity("the conference is full"));
         }
-        let (offer, summary) = offer::parse(&request.offer_sdp).map_err(|e| JoinError::BadOffer(e.to_string()))?;
-        let (rtc, answer) =
-            answer::answer(now, self.public_addr, offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let summary = request.summary;
+        let (rtc, answer) = answer::answer(now, self.host_candidate.clone(), request.offer)
+            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
 
         let id = next_id(&mut self.next_participant);
         let (number, created) = self.conference_number(&request.conference);

@@ -8,12 +8,13 @@ mod answer;
 mod client;
 mod driver;
 mod links;
-mod offer;
+pub mod offer;
 pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use str0m::change::SdpOffer;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,6 +24,7 @@ use crate::federation::framing::Control;
 use crate::metrics::Metrics;
 
 pub use driver::EdgeStats;
+use offer::OfferSummary;
 
 /// A client asking to join a conference with its SDP offer.
 #[derive(Debug)]
@@ -30,7 +32,9 @@ pub struct JoinRequest {
     pub conference: ConferenceKey,
     pub sessid: String,
     pub identity: Identity,
-    pub offer_sdp: String,
+    /// The client's offer, parsed and checked by [`offer::parse`].
+    pub offer: SdpOffer,
+    pub summary: OfferSummary,
     /// For a conference anchored elsewhere: the relay link to its anchor and
     /// the token that attaches the conference to it.
     pub anchor_link: Option<(LinkId, String)>,
@@ -50,7 +54,8 @@ pub enum JoinError {
 
 enum Command {
     Join {
-        request: JoinRequest,
+        // Boxed: a parsed offer is large, and every other command is small.
+        request: Box<JoinRequest>,
         reply: oneshot::Sender<Result<String, JoinError>>,
     },
     Leave {
@@ -93,7 +98,10 @@ impl EdgeHandle {
     /// Joins a client; returns the SDP answer.
     pub async fn join(&self, request: JoinRequest) -> Result<String, JoinError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Join { request, reply }).await.map_err(|_| JoinError::Stopped)?;
+        self.commands
+            .send(Command::Join { request: Box::new(request), reply })
+            .await
+            .map_err(|_| JoinError::Stopped)?;
         answer.await.map_err(|_| JoinError::Stopped)?
     }
 
@@ -152,13 +160,17 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<(EdgeHan
     if public_addr.port() == 0 {
         public_addr.set_port(bound.port());
     }
+    // Every answer names this candidate; a bad address is the operator's to fix, at start.
+    let host_candidate = str0m::Candidate::host(public_addr, "udp").map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("media address {public_addr}: {e}"))
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let socket = {
         let _entered = runtime.enter();
         udp::MediaSocket::from_std(std_socket)?
     };
     let (commands, receiver) = mpsc::channel(4096);
-    let driver = driver::Driver::new(socket, public_addr, config, metrics);
+    let driver = driver::Driver::new(socket, public_addr, host_candidate, config, metrics);
     std::thread::Builder::new().name(MEDIA_THREAD.into()).spawn(move || runtime.block_on(driver.run(receiver)))?;
     Ok((EdgeHandle { commands }, bound))
 }

@@ -73,8 +73,8 @@ fn inspect(offer: &SdpOffer) -> Result<OfferSummary, OfferError> {
     let mut summary = OfferSummary::default();
     let mut has_data_channel = false;
     for line in &offer.media_lines {
-        // str0m's parser runs the same check today; asking again keeps
-        // `mid()`, which panics without an a=mid, safe on any version.
+        // Unreachable with str0m 0.25, whose parser rejects such lines
+        // already; asked again because `mid()` panics without an a=mid.
         if let Some(problem) = line.check_consistent() {
             return Err(OfferError::Inconsistent(problem));
         }
@@ -135,7 +135,8 @@ fn inspect(offer: &SdpOffer) -> Result<OfferSummary, OfferError> {
 fn bundle_group(offer: &SdpOffer) -> Option<Vec<String>> {
     offer.session.attrs.iter().find_map(|attr| {
         let line = attr.to_string();
-        let mids = line.trim_end().strip_prefix("a=group:BUNDLE")?;
+        let group = line.trim_end().strip_prefix("a=group:BUNDLE")?;
+        let mids = if group.is_empty() { group } else { group.strip_prefix(' ')? };
         Some(mids.split_whitespace().map(str::to_owned).collect())
     })
 }

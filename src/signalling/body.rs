@@ -9,45 +9,49 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use super::{ApiError, Signalling};
-use crate::metrics::RejectReason;
 
 /// The largest SETUP body `docs/contract.md` allows.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How much of an oversized body is read and discarded before the 413.
 const MAX_DISCARDED_BYTES: u64 = 1024 * 1024;
 /// How long reading a body (kept or discarded) may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Middleware: hands the route a fully read body of at most [`MAX_BODY_BYTES`],
-/// or answers 413 itself (with `Connection: close`).
+/// or answers the error itself (with `Connection: close`: see [`ApiError`]).
 pub async fn read_whole(state: Arc<Signalling>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(READ_TIMEOUT, read_bounded(body)).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Ok(Err(error)) => {
-            // POST is SETUP, the one request that asks for a session.
-            if parts.method == Method::POST && matches!(error, ApiError::TooLarge) {
-                state.metrics.rejected(RejectReason::TooLarge);
+    let declared = body.size_hint().lower();
+    let read = match tokio::time::timeout(READ_TIMEOUT, read_bounded(body, declared, &parts.headers)).await {
+        Ok(read) => read,
+        // A body announced too large that never came is still too large.
+        Err(_) if declared > MAX_BODY_BYTES as u64 => Err(ApiError::TooLarge),
+        Err(_) => Err(ApiError::SlowBody),
+    };
+    match read {
+        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(error) => {
+            if parts.method == Method::POST && super::is_setup_path(parts.uri.path()) {
+                if let Some(reason) = error.reject_reason() {
+                    state.metrics.rejected(reason);
+                }
             }
             error.into_response()
-        }
-        Err(_) => {
-            let mut response = ApiError::BadRequest("the request body did not arrive in time".into()).into_response();
-            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-            response
         }
     }
 }
 
-async fn read_bounded(mut body: Body) -> Result<Bytes, ApiError> {
-    if body.size_hint().lower() > MAX_DISCARDED_BYTES {
-        // Announced as too large to be worth reading: answer at once and close.
+async fn read_bounded(mut body: Body, declared: u64, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    let expects_continue =
+        headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if declared > MAX_DISCARDED_BYTES || (declared > MAX_BODY_BYTES as u64 && expects_continue) {
+        // Too large to be worth reading, or not sent before we answer: 413 at once.
         return Err(ApiError::TooLarge);
     }
     let mut kept = Vec::new();

@@ -25,6 +25,8 @@ pub enum ApiError {
     SessionExists(String),
     #[error("request body is larger than 64 KiB")]
     TooLarge,
+    #[error("the request body did not arrive in time")]
+    SlowBody,
     #[error("{0}")]
     Unavailable(&'static str),
     #[error("{0}")]
@@ -36,7 +38,7 @@ pub enum ApiError {
 impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            Self::BadRequest(_) | Self::SlowBody => (StatusCode::BAD_REQUEST, "bad-request"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::FederationDenied(_) => (StatusCode::FORBIDDEN, "federation-denied"),
             Self::SessionExists(_) => (StatusCode::CONFLICT, "session-exists"),
@@ -50,7 +52,7 @@ impl ApiError {
     /// The `sft_sessions_rejected_total` reason, for errors that turn a SETUP away.
     pub fn reject_reason(&self) -> Option<RejectReason> {
         Some(match self {
-            Self::BadRequest(_) => RejectReason::BadRequest,
+            Self::BadRequest(_) | Self::SlowBody => RejectReason::BadRequest,
             Self::Unauthorized(_) => RejectReason::Unauthorized,
             Self::FederationDenied(_) => RejectReason::FederationDenied,
             Self::SessionExists(_) => RejectReason::SessionExists,
@@ -87,7 +89,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let body = Json(serde_json::json!({ "error": code, "message": self.to_string() }));
         let mut response = (status, body).into_response();
-        if matches!(self, Self::TooLarge) {
+        if matches!(self, Self::TooLarge | Self::SlowBody) {
             // The rest of the body may still be on its way: do not reuse the connection.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::core::ids::{ConfId, ConferenceKey, Identity};
 use crate::drain::Drain;
-use crate::edge::{EdgeHandle, JoinRequest};
+use crate::edge::{offer, EdgeHandle, JoinRequest};
 use crate::federation::{Federation, Rejection};
 use crate::metrics::Metrics;
 
@@ -119,6 +119,9 @@ async fn join(
         auth::verify(secret, authorization, conf_id.as_str(), &setup.src_userid, now_secs)
             .map_err(|e| ApiError::Unauthorized(e.message()))?;
     }
+    // Parsed here, not on the media thread, so garbage costs no session a packet.
+    let (offer, summary) =
+        offer::parse(&setup.props.sdp).map_err(|e| ApiError::BadRequest(format!("SDP offer: {e}")))?;
     let (anchor_domain, anchor_link) = match &setup.anchor {
         Some(anchor) if anchor.domain != state.domain => {
             let Some(federation) = &state.federation else {
@@ -135,8 +138,7 @@ async fn join(
     };
     let conference = ConferenceKey { anchor_domain: anchor_domain.clone(), conf_id: conf_id.clone() };
     let identity = Identity { userid: setup.src_userid, clientid: setup.src_clientid, domain: state.domain.clone() };
-    let request =
-        JoinRequest { conference, sessid: setup.sessid.clone(), identity, offer_sdp: setup.props.sdp, anchor_link };
+    let request = JoinRequest { conference, sessid: setup.sessid.clone(), identity, offer, summary, anchor_link };
     let answer_sdp = state.edge.join(request).await?;
     Ok(serde_json::json!({
         "version": "3.0",
@@ -167,6 +169,11 @@ fn check_setup(setup: &SetupRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// Whether `path` is a SETUP's, `/sft/{conf_id}` (for counting rejections).
+fn is_setup_path(path: &str) -> bool {
+    path.strip_prefix("/sft/").is_some_and(|conf_id| !conf_id.is_empty() && !conf_id.contains('/'))
 }
 
 async fn leave(

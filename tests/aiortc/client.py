@@ -2,7 +2,7 @@
 """An aiortc participant for the SFT's interop test.
 
     client.py --url http://127.0.0.1:PORT --conf CONF --user USER --peer OTHER
-              [--timeout 40] [--expect-layer l] [--linger 3] [--verbose]
+              [--timeout 40] [--expect-layer l] [--linger 3] [--hangup-on-stdin] [--verbose]
 
 Joins conference CONF as USER (docs/contract.md section 3): publishes Opus audio and
 single-encoding VP8 video from synthetic tracks, offers two recvonly audio and
@@ -14,7 +14,9 @@ It then waits until CONFPART shows OTHER in a video and an audio slot and at
 least 10 frames of each were decoded on those slots, sends REQSTREAMS asking
 for OTHER at quality "low", waits until a CONFPART shows OTHER's video slot at
 layer --expect-layer and more frames are decoded there, stays until OTHER has
-left (at most --linger seconds), sends HANGUP and leaves.
+left (at most --linger seconds), or with --hangup-on-stdin until a line
+arrives on stdin (the test's signal that it has seen this client's media),
+sends HANGUP and leaves.
 
 Prints exactly one JSON object on stdout (logs go to stderr) and exits 0 when
 everything held, 1 otherwise (with "ok": false and "error"). Everything is
@@ -408,6 +410,8 @@ class Client:
         self.result["frames_after_reqstreams"] = self.frames[mid] - base
         self.result["width_after"] = self.width.get(mid)
 
+        if args.hangup_on_stdin:
+            await self.wait_for_stdin_line()
         # Stay in the call (still publishing) until OTHER has left or --linger
         # seconds pass, so a peer that finishes later still gets our media.
         linger_until = time.monotonic() + max(0.0, min(args.linger, self.deadline_left() - 2.0))
@@ -423,6 +427,16 @@ class Client:
         self.result["hangup_sent"] = True
         await asyncio.sleep(1.0)
         self.result["ok"] = True
+
+    async def wait_for_stdin_line(self) -> None:
+        """Keeps publishing until the caller writes a line (or closes stdin)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        try:
+            await asyncio.wait_for(reader.readline(), timeout=max(0.1, self.deadline_left()))
+        except asyncio.TimeoutError as e:
+            raise TimeoutError("timed out waiting for the go-ahead to hang up on stdin") from e
 
     async def close(self) -> None:
         for task in self.readers:
@@ -476,6 +490,11 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=3.0,
         help="after the checks, stay up to this many seconds until OTHER leaves, then HANGUP (default 3)",
+    )
+    ap.add_argument(
+        "--hangup-on-stdin",
+        action="store_true",
+        help="after the checks, keep publishing until a line arrives on stdin, then linger and HANGUP",
     )
     ap.add_argument("--verbose", action="store_true", help="debug logs (aiortc's too) on stderr")
     return ap.parse_args()

@@ -40,7 +40,8 @@ pub struct Chromium {
 
 impl Chromium {
     pub async fn open(driver: &ChromeDriver, profile: &Path) -> Self {
-        let http = reqwest::Client::new();
+        // Bounded: a hung renderer fails the test instead of stalling CI.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         let args = [
             "--headless=new",
             "--no-sandbox",

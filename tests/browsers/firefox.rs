@@ -59,7 +59,8 @@ impl Firefox {
             .spawn()
             .expect("firefox-esr is installed (Debian package firefox-esr)");
         let url = format!("ws://127.0.0.1:{port}/session");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A cold Firefox on a fresh profile is slow to start on a busy 2-core machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let socket = loop {
             match tokio_tungstenite::connect_async(url.as_str()).await {
                 Ok((socket, _)) => break socket,

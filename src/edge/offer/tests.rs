@@ -158,10 +158,12 @@ mod real_offers {
     #[allow(clippy::disallowed_methods)] // any instant will do as the session's start
     fn every_client_gets_an_answer_with_every_line_live_and_candidates_everywhere() {
         let media: SocketAddr = "127.0.0.1:20000".parse().unwrap();
+        let candidate = str0m::Candidate::host(media, "udp").unwrap();
         for (client, sdp, _) in CASES {
             let (offer, _) = parse(sdp).unwrap();
             let offered = offer.media_lines.len();
-            let (_, answer_sdp) = answer(Instant::now(), media, offer).unwrap_or_else(|e| panic!("{client}: {e}"));
+            let (_, answer_sdp) =
+                answer(Instant::now(), candidate.clone(), offer).unwrap_or_else(|e| panic!("{client}: {e}"));
             let sections: Vec<&str> = answer_sdp.split("\r\nm=").skip(1).collect();
             assert_eq!(sections.len(), offered, "{client}: one answer m-line per offered m-line");
             for (index, section) in sections.iter().enumerate() {
