@@ -23,7 +23,7 @@ fn route_video(c: &mut Criterion) {
         // A keyframe first, so every slot that targets the stream switches to it.
         conf.handle_rtp(
             now,
-            &IncomingRtp { stream, seq: 1, timestamp: 0, keyframe: true, audio_level: None },
+            &IncomingRtp { stream, seq: 1, timestamp: 0, keyframe: true, size: 1000, audio_level: None },
             &mut out,
         );
         while conf.poll_output().is_some() {}
@@ -33,8 +33,14 @@ fn route_video(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
             b.iter(|| {
                 out.clear();
-                let packet =
-                    IncomingRtp { stream, seq, timestamp: seq as u32 * 3000, keyframe: false, audio_level: None };
+                let packet = IncomingRtp {
+                    stream,
+                    seq,
+                    timestamp: seq as u32 * 3000,
+                    keyframe: false,
+                    size: 1000,
+                    audio_level: None,
+                };
                 conf.handle_rtp(now, black_box(&packet), &mut out);
                 seq += 1;
                 black_box(out.slots.len())

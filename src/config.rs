@@ -52,6 +52,8 @@ struct RawMedia {
     listen: String,
     public_ip: Option<String>,
     idle_timeout: f64,
+    bandwidth_estimation: bool,
+    max_receive_kbps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +158,11 @@ pub struct MediaConfig {
     /// The address put in the host candidate.
     pub public_addr: SocketAddr,
     pub idle_timeout: Duration,
+    /// Estimate each client's downlink from its transport-cc feedback.
+    pub bandwidth_estimation: bool,
+    /// A ceiling (bits/s) on every client's estimate, and the estimate of
+    /// clients that give none.
+    pub max_receive_bps: Option<u32>,
 }
 
 impl Config {
@@ -265,6 +272,12 @@ impl RawConfig {
                 why: "must be between 0 and 3600 seconds".into(),
             });
         }
+        if self.media.max_receive_kbps.is_some_and(|kbps| !(32..=1_000_000).contains(&kbps)) {
+            return Err(ConfigError::Invalid {
+                key: "media.max_receive_kbps",
+                why: "must be between 32 and 1000000 (leave it out for no ceiling)".into(),
+            });
+        }
         let allow_origin = if self.signalling.allow_origin.iter().any(|o| o == "*") {
             None
         } else {
@@ -309,6 +322,8 @@ impl RawConfig {
                 listen: media_listen,
                 public_addr,
                 idle_timeout: Duration::from_secs_f64(self.media.idle_timeout),
+                bandwidth_estimation: self.media.bandwidth_estimation,
+                max_receive_bps: self.media.max_receive_kbps.map(|kbps| kbps * 1000),
             },
             limits: self.limits,
             metrics_listen: socket_addr("metrics.listen", &self.metrics.listen)?,

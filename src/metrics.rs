@@ -42,6 +42,30 @@ impl RejectReason {
     }
 }
 
+/// What a client's downlink estimate came from; the `source` label of
+/// `sft_receiver_estimate_bitrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EstimateSource {
+    /// The SFT's own send-side estimate from the client's transport-cc feedback.
+    Twcc,
+    /// The client's REMB reports.
+    Remb,
+    /// `media.max_receive_kbps`, for a client that gives neither (or less).
+    Ceiling,
+}
+
+impl EstimateSource {
+    pub const ALL: [EstimateSource; 3] = [Self::Twcc, Self::Remb, Self::Ceiling];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Twcc => "twcc",
+            Self::Remb => "remb",
+            Self::Ceiling => "ceiling",
+        }
+    }
+}
+
 /// Where a packet on the media port was dropped; the `reason` label of
 /// `sft_media_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +119,7 @@ pub struct Metrics {
     federation_relay_bytes: IntCounterVec,
     federation_rejected: IntCounterVec,
     stream_loss: HistogramVec,
+    receiver_estimate: HistogramVec,
 }
 
 impl Metrics {
@@ -153,6 +178,15 @@ impl Metrics {
             &["direction"],
         )
         .expect("valid metric");
+        let receiver_estimate = HistogramVec::new(
+            HistogramOpts::new(
+                "sft_receiver_estimate_bitrate",
+                "Each client's downlink estimate (bits/s) that its layers are sized to, by source",
+            )
+            .buckets(vec![64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6, 16e6]),
+            &["source"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(conferences.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(participants.clone()),
@@ -167,6 +201,7 @@ impl Metrics {
             Box::new(federation_relay_bytes.clone()),
             Box::new(federation_rejected.clone()),
             Box::new(stream_loss.clone()),
+            Box::new(receiver_estimate.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -186,6 +221,9 @@ impl Metrics {
         for direction in ["in", "out"] {
             stream_loss.with_label_values(&[direction]);
         }
+        for source in EstimateSource::ALL {
+            receiver_estimate.with_label_values(&[source.label()]);
+        }
         Self {
             registry,
             conferences,
@@ -201,6 +239,7 @@ impl Metrics {
             federation_relay_bytes,
             federation_rejected,
             stream_loss,
+            receiver_estimate,
         }
     }
 
@@ -239,6 +278,10 @@ impl Metrics {
 
     pub fn ended(&self, cause: &str) {
         self.sessions_ended.with_label_values(&[cause]).inc();
+    }
+
+    pub fn receiver_estimate(&self, source: EstimateSource, bits_per_second: u64) {
+        self.receiver_estimate.with_label_values(&[source.label()]).observe(bits_per_second as f64);
     }
 
     pub fn dropped(&self, reason: DropReason) {
@@ -298,6 +341,7 @@ mod tests {
             "sft_federation_rejected_total",
             "sft_sessions_rejected_total",
             "sft_stream_loss_ratio",
+            "sft_receiver_estimate_bitrate",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from:\n{text}");
         }

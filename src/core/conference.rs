@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::allocation::{Hysteresis, SlotDemand};
+use super::bitrate::BitrateMeter;
 use super::ids::{Identity, Layer, LinkId, MediaKind, Origin, ParticipantId, SlotRef, StreamKey};
 use super::keyframe::KeyframeThrottle;
 use super::messages::{ParticipantInfo, ServerMessage, SlotInfo, SpeakerInfo, StreamRequest};
@@ -19,6 +21,10 @@ use super::speakers::{SpeakerTracker, SILENCE, SPEAKING_LEVEL};
 
 const AUDIO_CLOCK_RATE: u32 = 48_000;
 const VIDEO_CLOCK_RATE: u32 = 90_000;
+/// What a forwarded packet costs a receiver's link beyond its payload:
+/// IPv4 (20) + UDP (8) + RTP (12) + SRTP tag (16). Estimates count whole
+/// packets, so measured layer rates do too.
+const PACKET_OVERHEAD_BYTES: usize = 56;
 /// The most entries of a REQSTREAMS list that are looked at.
 const MAX_STREAM_REQUESTS: usize = 64;
 
@@ -34,6 +40,10 @@ pub struct ConferenceConfig {
     pub max_speakers: usize,
     /// How long the participants of a lost relay link stay before they leave.
     pub link_timeout: Duration,
+    /// How long a receiver's estimate must pay for higher layers before it gets them.
+    pub upgrade_hold: Duration,
+    /// How much estimate (percent) higher layers must leave unused to be chosen.
+    pub upgrade_headroom_percent: u32,
 }
 
 impl Default for ConferenceConfig {
@@ -44,6 +54,8 @@ impl Default for ConferenceConfig {
             layer_timeout: Duration::from_secs(2),
             max_speakers: 5,
             link_timeout: Duration::from_secs(10),
+            upgrade_hold: Duration::from_secs(3),
+            upgrade_headroom_percent: 15,
         }
     }
 }
@@ -67,6 +79,8 @@ pub struct IncomingRtp {
     pub seq: u64,
     pub timestamp: u32,
     pub keyframe: bool,
+    /// RTP payload bytes, for the layer's measured bitrate.
+    pub size: usize,
     /// RFC 6464 level (0 loudest, 127 silence), when the packet carries one.
     pub audio_level: Option<u8>,
 }
@@ -144,6 +158,12 @@ struct Participant {
     requests: Option<Vec<StreamRequest>>,
     last_spoke: Option<Instant>,
     layer_seen: [Option<Instant>; 3],
+    /// What each published video layer, and the audio, measure.
+    layer_rates: [BitrateMeter; 3],
+    audio_rate: BitrateMeter,
+    /// The receiver's downlink estimate (bits/s), once the edge has one.
+    estimate: Option<u32>,
+    allocation: Hysteresis,
     confpart_seq: u64,
     /// Set when a slot's source changed and CONFPART must tell the client.
     slots_changed: bool,
@@ -155,12 +175,15 @@ struct Slot {
     /// The stream this slot should carry; it keeps carrying its current
     /// source until the target's first keyframe arrives.
     target: Option<StreamKey>,
+    /// The stream the slot would carry if the receiver's estimate paid for
+    /// its lowest layer; CONFPART lists the slot as paused.
+    paused: Option<StreamKey>,
     rewriter: SlotRewriter,
 }
 
 impl Slot {
     fn new(mid: String, clock_rate: u32) -> Self {
-        Self { mid, target: None, rewriter: SlotRewriter::new(clock_rate) }
+        Self { mid, target: None, paused: None, rewriter: SlotRewriter::new(clock_rate) }
     }
 
     fn is_pending(&self) -> bool {
@@ -222,6 +245,10 @@ impl Conference {
             requests: None,
             last_spoke: None,
             layer_seen: [None; 3],
+            layer_rates: [BitrateMeter::default(); 3],
+            audio_rate: BitrateMeter::default(),
+            estimate: None,
+            allocation: Hysteresis::new(self.config.upgrade_hold, self.config.upgrade_headroom_percent),
             confpart_seq: 0,
             slots_changed: false,
         };
@@ -243,6 +270,9 @@ impl Conference {
             for slot in receiver.audio_slots.iter_mut().chain(receiver.video_slots.iter_mut()) {
                 if slot.target.is_some_and(|t| t.participant == id) {
                     slot.target = None;
+                }
+                if slot.paused.is_some_and(|t| t.participant == id) {
+                    slot.paused = None;
                 }
                 if slot.rewriter.source().is_some_and(|s| s.participant == id) {
                     slot.rewriter.clear();
@@ -340,8 +370,12 @@ impl Conference {
                 out.links.push(link);
             }
         }
-        if let Some(layer) = source.layer {
-            publisher.layer_seen[layer.index()] = Some(now);
+        match source.layer {
+            Some(layer) => {
+                publisher.layer_seen[layer.index()] = Some(now);
+                publisher.layer_rates[layer.index()].record(now, packet.size + PACKET_OVERHEAD_BYTES);
+            }
+            None => publisher.audio_rate.record(now, packet.size + PACKET_OVERHEAD_BYTES),
         }
         if let Some(level) = packet.audio_level {
             self.speakers.observe(source.participant, level);
@@ -363,6 +397,7 @@ impl Conference {
                         continue;
                     }
                     slot.rewriter.switch_to(now, source, packet.seq, packet.timestamp);
+                    slot.paused = None;
                     receiver.slots_changed = true;
                     any_switch = true;
                 } else if !is_current {
@@ -398,6 +433,18 @@ impl Conference {
         };
         streams.truncate(MAX_STREAM_REQUESTS);
         participant.requests = Some(streams);
+        self.reselect(now, receiver);
+        self.announce_changed_slots();
+    }
+
+    /// The edge's latest estimate of what `receiver`'s downlink carries
+    /// (bits/s): its video slots get the layers that fit, lowered at once,
+    /// raised only once the estimate has held (see [`super::allocation`]).
+    pub fn set_receiver_estimate(&mut self, now: Instant, receiver: ParticipantId, bits_per_second: u32) {
+        let Some(participant) = self.participants.get_mut(&receiver) else {
+            return;
+        };
+        participant.estimate = Some(bits_per_second);
         self.reselect(now, receiver);
         self.announce_changed_slots();
     }
@@ -501,13 +548,21 @@ impl Conference {
             return;
         };
         let audio = self.audio_targets(receiver_id, receiver);
-        let video = self.video_targets(now, receiver_id, receiver);
+        let wishes = self.video_wishes(receiver_id, receiver);
+        let video = self.fit_to_estimate(now, receiver_id, &audio, &wishes);
         let mut keyframes_needed = Vec::new();
         let receiver = self.participants.get_mut(&receiver_id).expect("looked up above");
         for (slot, target) in receiver.audio_slots.iter_mut().zip(audio) {
             retarget(slot, target, &mut receiver.slots_changed);
         }
-        for (slot, target) in receiver.video_slots.iter_mut().zip(video) {
+        for (slot, (target, paused)) in receiver.video_slots.iter_mut().zip(video) {
+            // A resuming slot stays listed as paused until its keyframe switches it.
+            let resuming = target.is_some() && slot.rewriter.source().is_none();
+            let paused = paused.or(slot.paused.filter(|_| resuming));
+            if slot.paused != paused {
+                slot.paused = paused;
+                receiver.slots_changed = true;
+            }
             if retarget(slot, target, &mut receiver.slots_changed) {
                 keyframes_needed.extend(target);
             }
@@ -515,6 +570,75 @@ impl Conference {
         for stream in keyframes_needed {
             self.request_keyframe(now, stream);
         }
+    }
+
+    /// Each video slot's stream: the wished layer or the best flowing one
+    /// below it; with an estimate, what the estimate pays for (after the
+    /// audio slots, which always get theirs), or paused.
+    fn fit_to_estimate(
+        &mut self,
+        now: Instant,
+        receiver_id: ParticipantId,
+        audio: &[Option<StreamKey>],
+        wishes: &[Option<(ParticipantId, Layer)>],
+    ) -> Vec<(Option<StreamKey>, Option<StreamKey>)> {
+        let timeout = self.config.layer_timeout;
+        let participants = &self.participants;
+        let available = |id: ParticipantId| participants.get(&id).map(|p| p.available_layers(now, timeout));
+        let Some(estimate) = participants.get(&receiver_id).and_then(|r| r.estimate) else {
+            return wishes
+                .iter()
+                .map(|wish| {
+                    let (id, wanted) = (*wish)?;
+                    Some(StreamKey::video(id, choose_layer(wanted, &available(id)?)?))
+                })
+                .map(|target| (target, None))
+                .collect();
+        };
+        let audio_rate: u32 = audio
+            .iter()
+            .flatten()
+            .filter_map(|stream| participants.get(&stream.participant)?.audio_rate.rate(now))
+            .sum();
+        // Priority: REQSTREAMS order, else the most recent speaker first.
+        let by_request = participants.get(&receiver_id).is_some_and(|r| r.requests.is_some());
+        let mut order: Vec<usize> = (0..wishes.len()).filter(|&i| wishes[i].is_some()).collect();
+        if !by_request {
+            order.sort_by_key(|&i| {
+                let id = wishes[i].map(|(id, _)| id);
+                (std::cmp::Reverse(id.and_then(|id| participants.get(&id)?.last_spoke)), id)
+            });
+        }
+        let mut ranked: Vec<(usize, SlotDemand)> = Vec::with_capacity(order.len());
+        for i in order {
+            let Some((id, wanted)) = wishes[i] else { continue };
+            let Some(publisher) = participants.get(&id) else { continue };
+            let Some(flowing) = available(id) else { continue };
+            let rate = |layer: Layer| publisher.layer_rates[layer.index()].rate(now);
+            // A layer not measured yet is not chosen, but for the lowest,
+            // which costs nothing until it is: no `h` on a guess.
+            let layers = flowing
+                .iter()
+                .enumerate()
+                .filter_map(|(n, &layer)| match rate(layer) {
+                    Some(bits) => Some((layer, bits)),
+                    None => (n == 0).then_some((layer, 0)),
+                })
+                .collect();
+            ranked.push((i, SlotDemand { source: id.0, wanted, layers }));
+        }
+        let demands: Vec<SlotDemand> = ranked.iter().map(|(_, demand)| demand.clone()).collect();
+        let receiver = self.participants.get_mut(&receiver_id).expect("has an estimate");
+        let allocation = receiver.allocation.update(now, estimate.saturating_sub(audio_rate), &demands);
+        let mut video = vec![(None, None); wishes.len()];
+        for ((i, _), layer) in ranked.iter().zip(allocation) {
+            let Some((id, _)) = wishes[*i] else { continue };
+            video[*i] = match layer {
+                Some(layer) => (Some(StreamKey::video(id, layer)), None),
+                None => (None, Some(StreamKey::video(id, Layer::Low))),
+            };
+        }
+        video
     }
 
     /// Audio slots carry the loudest other speakers, or everyone when there
@@ -534,27 +658,22 @@ impl Conference {
     }
 
     /// Video slots follow the receiver's REQSTREAMS, or else the most
-    /// recent active speakers.
-    fn video_targets(
-        &self,
-        now: Instant,
-        receiver_id: ParticipantId,
-        receiver: &Participant,
-    ) -> Vec<Option<StreamKey>> {
+    /// recent active speakers (wishing for `h`): who and which layer at best.
+    fn video_wishes(&self, receiver_id: ParticipantId, receiver: &Participant) -> Vec<Option<(ParticipantId, Layer)>> {
         let slot_count = receiver.video_slots.len();
         if let Some(requests) = &receiver.requests {
             return (0..slot_count)
                 .map(|i| {
                     let request = requests.get(i)?;
                     let wanted = request.quality.layer()?;
-                    let (&id, publisher) = self.participants.iter().find(|(id, p)| {
+                    let (&id, _) = self.participants.iter().find(|(id, p)| {
                         **id != receiver_id
+                            && !p.video_layers.is_empty()
                             && p.identity.userid == request.userid
                             && p.identity.clientid == request.clientid
                             && request.domain.as_ref().is_none_or(|d| *d == p.identity.domain)
                     })?;
-                    let layer = choose_layer(wanted, &publisher.available_layers(now, self.config.layer_timeout))?;
-                    Some(StreamKey::video(id, layer))
+                    Some((id, wanted))
                 })
                 .collect();
         }
@@ -565,16 +684,8 @@ impl Conference {
         publishers.truncate(slot_count);
         let desired: Vec<ParticipantId> = publishers.iter().map(|(id, _)| **id).collect();
         let current: Vec<Option<ParticipantId>> =
-            receiver.video_slots.iter().map(|s| s.target.map(|t| t.participant)).collect();
-        assign_stable(&current, &desired)
-            .into_iter()
-            .map(|p| {
-                let id = p?;
-                let publisher = self.participants.get(&id)?;
-                let layer = choose_layer(Layer::High, &publisher.available_layers(now, self.config.layer_timeout))?;
-                Some(StreamKey::video(id, layer))
-            })
-            .collect()
+            receiver.video_slots.iter().map(|s| s.target.or(s.paused).map(|t| t.participant)).collect();
+        assign_stable(&current, &desired).into_iter().map(|p| p.map(|id| (id, Layer::High))).collect()
     }
 
     fn rerequest_pending_keyframes(&mut self, now: Instant) {
@@ -633,7 +744,11 @@ impl Conference {
         let all_slots = all_slots.chain(receiver.video_slots.iter().map(|s| (s, MediaKind::Video)));
         all_slots
             .filter_map(|(slot, kind)| {
-                let source = slot.rewriter.source()?;
+                let (source, paused) = match (slot.rewriter.source(), slot.paused) {
+                    (Some(source), _) => (source, false),
+                    (None, Some(paused)) => (paused, true),
+                    (None, None) => return None,
+                };
                 let identity = &self.participants.get(&source.participant)?.identity;
                 Some(SlotInfo {
                     mid: slot.mid.clone(),
@@ -641,7 +756,8 @@ impl Conference {
                     userid: identity.userid.clone(),
                     clientid: identity.clientid.clone(),
                     domain: identity.domain.clone(),
-                    layer: source.layer,
+                    layer: if paused { None } else { source.layer },
+                    paused,
                 })
             })
             .collect()

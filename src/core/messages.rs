@@ -32,6 +32,10 @@ pub struct SlotInfo {
     pub clientid: String,
     pub domain: String,
     pub layer: Option<Layer>,
+    /// The receiver's bandwidth does not carry even this source's lowest
+    /// layer; the slot is empty until it does. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,14 +105,26 @@ mod tests {
                 video: true,
                 layers: vec![Layer::Low, Layer::Medium, Layer::High],
             }],
-            slots: vec![SlotInfo {
-                mid: "3".into(),
-                kind: MediaKind::Audio,
-                userid: "alice".into(),
-                clientid: "laptop".into(),
-                domain: "a.example".into(),
-                layer: None,
-            }],
+            slots: vec![
+                SlotInfo {
+                    mid: "3".into(),
+                    kind: MediaKind::Audio,
+                    userid: "alice".into(),
+                    clientid: "laptop".into(),
+                    domain: "a.example".into(),
+                    layer: None,
+                    paused: false,
+                },
+                SlotInfo {
+                    mid: "4".into(),
+                    kind: MediaKind::Video,
+                    userid: "alice".into(),
+                    clientid: "laptop".into(),
+                    domain: "a.example".into(),
+                    layer: None,
+                    paused: true,
+                },
+            ],
         };
         let json: serde_json::Value = serde_json::to_value(&msg).unwrap();
         assert_eq!(
@@ -118,7 +134,9 @@ mod tests {
                 "participants": [{"userid": "alice", "clientid": "laptop", "domain": "a.example",
                                   "audio": true, "video": true, "layers": ["l", "m", "h"]}],
                 "slots": [{"mid": "3", "kind": "audio", "userid": "alice", "clientid": "laptop",
-                           "domain": "a.example", "layer": null}]
+                           "domain": "a.example", "layer": null},
+                          {"mid": "4", "kind": "video", "userid": "alice", "clientid": "laptop",
+                           "domain": "a.example", "layer": null, "paused": true}]
             })
         );
     }

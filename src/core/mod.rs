@@ -4,6 +4,8 @@
 //! effect comes out as a value. The media edge (`crate::edge`) is the only
 //! caller, and the unit and simulation tests drive it the same way.
 
+pub mod allocation;
+pub mod bitrate;
 pub mod conference;
 pub mod ids;
 pub mod keyframe;

@@ -24,10 +24,8 @@ pub fn assign_stable<K: Copy + Eq>(current: &[Option<K>], desired: &[K]) -> Vec<
 
 /// The layer to send when `wanted` is asked for and `available` are being
 /// received (ascending): the best one not above the wish, else the lowest
-/// one above it.
-///
-/// This is where a bandwidth estimate will lower `wanted` once the edge
-/// measures the receiver's downlink.
+/// one above it. Used while the receiver has no bandwidth estimate; with one,
+/// [`super::allocation`] chooses.
 pub fn choose_layer(wanted: Layer, available: &[Layer]) -> Option<Layer> {
     available
         .iter()

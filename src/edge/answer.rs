@@ -3,20 +3,44 @@
 
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::{Candidate, Rtc};
 use thiserror::Error;
 
 /// How often each session reports per-stream loss (`sft_stream_loss_ratio`).
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// Where a client's send-side estimate starts, before feedback: about what
+/// one `h` and two `l` layers of a 720p simulcast need.
+const INITIAL_ESTIMATE_KBPS: u64 = 1_000;
+/// What the estimate probes toward (unless the ceiling is lower): the most
+/// four video slots can use.
+const DESIRED_KBPS: u64 = 8_000;
 
 #[derive(Debug, Error)]
 #[error("offer not accepted: {0}")]
 pub struct AnswerError(String);
 
+/// How a session estimates its client's downlink.
+#[derive(Debug, Clone, Copy)]
+pub struct Estimation {
+    /// str0m's send-side estimate from the client's transport-cc feedback.
+    pub enabled: bool,
+    /// `media.max_receive_kbps` in bits/s: probing goes no higher.
+    pub ceiling: Option<u32>,
+}
+
 /// A client's session state and the answer to send it, with `candidate`
 /// (the host candidate on the media socket).
-pub fn answer(now: Instant, candidate: Candidate, offer: SdpOffer) -> Result<(Rtc, String), AnswerError> {
+pub fn answer(
+    now: Instant,
+    candidate: Candidate,
+    offer: SdpOffer,
+    estimation: Estimation,
+) -> Result<(Rtc, String), AnswerError> {
+    let initial_kbps =
+        estimation.ceiling.map_or(INITIAL_ESTIMATE_KBPS, |c| (u64::from(c) / 1000).min(INITIAL_ESTIMATE_KBPS));
+    let initial = estimation.enabled.then(|| Bitrate::kbps(initial_kbps));
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
@@ -24,7 +48,12 @@ pub fn answer(now: Instant, candidate: Candidate, offer: SdpOffer) -> Result<(Rt
         .enable_opus(true, false)
         .enable_vp8(true)
         .set_stats_interval(Some(STATS_INTERVAL))
+        .enable_bwe(initial)
         .build(now);
+    if estimation.enabled {
+        let desired_kbps = estimation.ceiling.map_or(DESIRED_KBPS, |c| (u64::from(c) / 1000).min(DESIRED_KBPS));
+        rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::kbps(desired_kbps));
+    }
     rtc.add_local_candidate(candidate);
     let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| AnswerError(e.to_string()))?;
     Ok((rtc, candidates_in_every_section(&answer.to_sdp_string())))

@@ -14,6 +14,7 @@ use str0m::Rtc;
 use crate::core::ids::{ConferenceKey, Layer, MediaKind, ParticipantId, SlotRef, StreamKey};
 use crate::core::messages::ServerMessage;
 
+use super::estimate::DownlinkEstimate;
 use super::offer::OfferSummary;
 
 /// The data channel label of `docs/contract.md` section 3.2.
@@ -77,6 +78,8 @@ pub struct Client {
     pub connected_at: Option<Instant>,
     /// The client opened its `sft` data channel, the sign it is fully set up.
     pub media_started: bool,
+    /// Which downlink estimate its layers follow.
+    pub downlink: DownlinkEstimate,
     channel: Option<ChannelId>,
     /// Messages produced before the data channel opened. Only the newest
     /// of each type matters: each one carries the whole state.
@@ -90,6 +93,10 @@ pub struct Client {
 }
 
 impl Client {
+    pub fn with_downlink(self, downlink: DownlinkEstimate) -> Self {
+        Self { downlink, ..self }
+    }
+
     /// Wraps an `Rtc` that has accepted the offer `summary` describes.
     pub fn new(
         id: ParticipantId,
@@ -115,6 +122,7 @@ impl Client {
             media_queued: false,
             connected_at: None,
             media_started: false,
+            downlink: DownlinkEstimate::new(None),
             channel: None,
             queued: Vec::new(),
             audio_publish: summary.audio_publish.as_deref().map(Mid::from),

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::BweKind;
 use str0m::format::Codec;
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
@@ -23,8 +24,9 @@ use crate::core::messages::ClientMessage;
 use crate::federation::framing::{Control, MediaFrame};
 use crate::metrics::{DropReason, Metrics};
 
-use super::answer;
+use super::answer::{self, Estimation};
 use super::client::{Client, Media};
+use super::estimate::DownlinkEstimate;
 use super::links::{relay_codec, str0m_codec, Channels, Link};
 use super::offer::OfferSummary;
 use super::udp::{Datagram, MediaSocket};
@@ -53,6 +55,8 @@ pub(super) struct Driver {
     domain: String,
     conference_config: ConferenceConfig,
     idle_timeout: Duration,
+    estimate_bandwidth: bool,
+    max_receive_bps: Option<u32>,
     limits: Limits,
     metrics: Arc<Metrics>,
     clients: HashMap<ParticipantId, Client>,
@@ -101,6 +105,8 @@ impl Driver {
             domain: config.domain.clone(),
             conference_config,
             idle_timeout: config.media.idle_timeout,
+            estimate_bandwidth: config.media.bandwidth_estimation,
+            max_receive_bps: config.media.max_receive_bps,
             limits: config.limits,
             metrics,
             clients: HashMap::new(),
@@ -189,7 +195,8 @@ impl Driver {
             return Err(JoinError::AtCapacity("the conference is full"));
         }
         let summary = request.summary;
-        let (rtc, answer) = answer::answer(now, self.host_candidate.clone(), request.offer)
+        let estimation = Estimation { enabled: self.estimate_bandwidth, ceiling: self.max_receive_bps };
+        let (rtc, answer) = answer::answer(now, self.host_candidate.clone(), request.offer, estimation)
             .map_err(|e| JoinError::BadOffer(e.to_string()))?;
 
         let id = next_id(&mut self.next_participant);
@@ -207,11 +214,16 @@ impl Driver {
                 conference.attach_link(now, link);
             }
         }
+        let downlink = DownlinkEstimate::new(self.max_receive_bps);
         let client = Client::new(id, request.conference.clone(), number, request.sessid, rtc, &summary, now);
-        self.clients.insert(id, client);
+        self.clients.insert(id, client.with_downlink(downlink));
         self.sessions.insert(session_key, id);
         if let Some(conference) = self.conferences.get_mut(&number) {
             conference.add_participant(now, id, participant_spec(request.identity, &summary));
+            if let Some((source, bits)) = downlink.initial() {
+                self.metrics.receiver_estimate(source, u64::from(bits));
+                conference.set_receiver_estimate(now, id, bits);
+            }
         }
         self.drain_conference(number);
         self.mark_dirty(id);
@@ -347,6 +359,7 @@ impl Driver {
                     self.metrics.stream_loss("out", loss);
                 }
             }
+            Event::EgressBitrateEstimate(kind) => self.downlink_estimate(now, id, &kind),
             Event::KeyframeRequest(request) => {
                 let Some(client) = self.clients.get(&id) else { return };
                 let (Some(slot), number) = (client.slot_of(request.mid), client.conference_number) else { return };
@@ -382,6 +395,18 @@ impl Driver {
             }
             _ => {}
         }
+    }
+
+    /// A new downlink estimate for client `id`: its layers follow it.
+    fn downlink_estimate(&mut self, now: Instant, id: ParticipantId, kind: &BweKind) {
+        let Some(client) = self.clients.get_mut(&id) else { return };
+        let Some((source, bits)) = client.downlink.update(kind) else { return };
+        self.metrics.receiver_estimate(source, u64::from(bits));
+        let number = client.conference_number;
+        if let Some(conference) = self.conferences.get_mut(&number) {
+            conference.set_receiver_estimate(now, id, bits);
+        }
+        self.drain_conference(number);
     }
 
     fn handle_client_message(&mut self, now: Instant, id: ParticipantId, data: &[u8]) {
@@ -432,6 +457,7 @@ impl Driver {
             seq: media.seq,
             timestamp: media.timestamp,
             keyframe: media.keyframe,
+            size: media.payload.len(),
             audio_level: media.audio_level,
         };
         self.routes.clear();

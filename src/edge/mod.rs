@@ -7,6 +7,7 @@
 mod answer;
 mod client;
 mod driver;
+mod estimate;
 mod links;
 pub mod offer;
 pub mod udp;

@@ -113,7 +113,7 @@ mod real_offers {
     use std::time::Instant;
 
     use super::*;
-    use crate::edge::answer::answer;
+    use crate::edge::answer::{answer, Estimation};
 
     const FIREFOX: &str = include_str!("../../../tests/offers/firefox.sdp");
     const CHROMIUM: &str = include_str!("../../../tests/offers/chromium.sdp");
@@ -163,7 +163,8 @@ mod real_offers {
             let (offer, _) = parse(sdp).unwrap();
             let offered = offer.media_lines.len();
             let (_, answer_sdp) =
-                answer(Instant::now(), candidate.clone(), offer).unwrap_or_else(|e| panic!("{client}: {e}"));
+                answer(Instant::now(), candidate.clone(), offer, Estimation { enabled: true, ceiling: None })
+                    .unwrap_or_else(|e| panic!("{client}: {e}"));
             let sections: Vec<&str> = answer_sdp.split("\r\nm=").skip(1).collect();
             assert_eq!(sections.len(), offered, "{client}: one answer m-line per offered m-line");
             for (index, section) in sections.iter().enumerate() {
