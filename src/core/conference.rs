@@ -609,7 +609,9 @@ impl Conference {
                 (std::cmp::Reverse(id.and_then(|id| participants.get(&id)?.last_spoke)), id)
             });
         }
-        let mut ranked: Vec<(usize, SlotDemand)> = Vec::with_capacity(order.len());
+        // Which slot and source each demand is for, in the same order.
+        let mut ranked: Vec<(usize, ParticipantId)> = Vec::with_capacity(order.len());
+        let mut demands: Vec<SlotDemand> = Vec::with_capacity(order.len());
         for i in order {
             let Some((id, wanted)) = wishes[i] else { continue };
             let Some(publisher) = participants.get(&id) else { continue };
@@ -625,15 +627,14 @@ impl Conference {
                     None => (n == 0).then_some((layer, 0)),
                 })
                 .collect();
-            ranked.push((i, SlotDemand { source: id.0, wanted, layers }));
+            ranked.push((i, id));
+            demands.push(SlotDemand { source: id.0, wanted, layers });
         }
-        let demands: Vec<SlotDemand> = ranked.iter().map(|(_, demand)| demand.clone()).collect();
         let receiver = self.participants.get_mut(&receiver_id).expect("has an estimate");
         let allocation = receiver.allocation.update(now, estimate.saturating_sub(audio_rate), &demands);
         let mut video = vec![(None, None); wishes.len()];
-        for ((i, _), layer) in ranked.iter().zip(allocation) {
-            let Some((id, _)) = wishes[*i] else { continue };
-            video[*i] = match layer {
+        for ((i, id), layer) in ranked.into_iter().zip(allocation) {
+            video[i] = match layer {
                 Some(layer) => (Some(StreamKey::video(id, layer)), None),
                 None => (None, Some(StreamKey::video(id, Layer::Low))),
             };

@@ -30,6 +30,13 @@ pub struct Estimation {
     pub ceiling: Option<u32>,
 }
 
+impl Estimation {
+    /// `kbps`, or the ceiling when that is lower.
+    fn capped(&self, kbps: u64) -> Bitrate {
+        Bitrate::kbps(self.ceiling.map_or(kbps, |ceiling| (u64::from(ceiling) / 1000).min(kbps)))
+    }
+}
+
 /// A client's session state and the answer to send it, with `candidate`
 /// (the host candidate on the media socket).
 pub fn answer(
@@ -38,9 +45,7 @@ pub fn answer(
     offer: SdpOffer,
     estimation: Estimation,
 ) -> Result<(Rtc, String), AnswerError> {
-    let initial_kbps =
-        estimation.ceiling.map_or(INITIAL_ESTIMATE_KBPS, |c| (u64::from(c) / 1000).min(INITIAL_ESTIMATE_KBPS));
-    let initial = estimation.enabled.then(|| Bitrate::kbps(initial_kbps));
+    let initial = estimation.enabled.then(|| estimation.capped(INITIAL_ESTIMATE_KBPS));
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
@@ -51,8 +56,7 @@ pub fn answer(
         .enable_bwe(initial)
         .build(now);
     if estimation.enabled {
-        let desired_kbps = estimation.ceiling.map_or(DESIRED_KBPS, |c| (u64::from(c) / 1000).min(DESIRED_KBPS));
-        rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::kbps(desired_kbps));
+        rtc.bwe().set_bitrate(Bitrate::ZERO, estimation.capped(DESIRED_KBPS));
     }
     rtc.add_local_candidate(candidate);
     let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| AnswerError(e.to_string()))?;
