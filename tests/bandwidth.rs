@@ -1,16 +1,31 @@
 //! Each receiver gets the layers its downlink carries: with a configured
 //! ceiling (`media.max_receive_kbps`) a receiver's first slot drops to `l`,
-//! the lower-priority slots pause, CONFPART says so, and audio goes on.
+//! the lower-priority slots pause, CONFPART says so, and audio goes on; behind
+//! a bottleneck (a rate-capped UDP proxy in front of one webrtc-rs receiver),
+//! the send-side estimate lowers that receiver's layers without stalls or
+//! loss, leaves the others alone, and finds the link again once it is freed.
+
+#![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
 mod common;
 
-use common::{wait_for, Peer, PeerOptions, TestSft, Video};
+use std::time::{Duration, Instant};
+
+use common::{wait_for, wait_for_within, Peer, PeerOptions, SlotStats, TestSft, Video};
 use serde_json::{json, Value};
+use tokio::sync::{Mutex, MutexGuard};
 
 /// With packet overhead, the test peers' layers measure about 31 (`l`), 70
 /// (`m`) and 180 (`h`) kbit/s and their audio about 26: 72 kbit/s pays for
 /// one audio slot and one `l`, with room for neither a second `l` nor an `m`.
 const CEILING: &str = "[media]\nbandwidth_estimation = false\nmax_receive_kbps = 72\n";
+
+/// Each test runs a call of five or six WebRTC peers, and the estimates it
+/// checks read CPU starvation as congestion: one test at a time.
+async fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static CALLS: Mutex<()> = Mutex::const_new(());
+    CALLS.lock().await
+}
 
 fn video_slots(peer: &Peer) -> Vec<Value> {
     let confpart = peer.confpart().unwrap_or_default();
@@ -19,6 +34,7 @@ fn video_slots(peer: &Peer) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_capped_receiver_gets_its_first_slot_at_low_and_the_others_paused() {
+    let _one = one_at_a_time().await;
     let sft = TestSft::start(CEILING).await;
     let mut publishers = Vec::new();
     for (name, marker) in [("ann", 1), ("ben", 2), ("cat", 3)] {
@@ -63,4 +79,105 @@ async fn a_capped_receiver_gets_its_first_slot_at_low_and_the_others_paused() {
     wait_for("audio in the audio slot", || heard(&receiver) > heard_before + 20).await;
     let estimates = sft.metric("sft_receiver_estimate_bitrate_count{source=\"ceiling\"}").await;
     assert!(estimates >= 4.0, "every client's ceiling is counted: {estimates}");
+}
+
+/// Seen in `stats` since `since`: the longest silence between two packets
+/// and the share of sequence numbers that never arrived.
+fn gap_and_loss(stats: &SlotStats, since: Instant) -> (Duration, f64) {
+    let arrivals: Vec<&(Instant, u16)> = stats.arrivals.iter().filter(|(at, _)| *at >= since).collect();
+    let mut gap = Duration::ZERO;
+    let mut lost = 0u64;
+    for pair in arrivals.windows(2) {
+        let ((before, seq_before), (after, seq_after)) = (*pair[0], *pair[1]);
+        gap = gap.max(after - before);
+        let step = seq_after.wrapping_sub(seq_before);
+        // A step back (a reordered packet) loses nothing.
+        if (2..0x8000).contains(&step) {
+            lost += u64::from(step - 1);
+        }
+    }
+    (gap, lost as f64 / (arrivals.len() as f64 + lost as f64).max(1.0))
+}
+
+fn layers(peer: &Peer) -> Vec<Value> {
+    video_slots(peer)
+        .iter()
+        .map(|slot| if slot["paused"] == true { json!("paused") } else { slot["layer"].clone() })
+        .collect()
+}
+
+fn all_high(peer: &Peer) -> bool {
+    let layers = layers(peer);
+    layers.len() == 4 && layers.iter().all(|layer| layer == "h")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_behind_a_bottleneck_gets_lower_layers_until_it_lifts() {
+    let _one = one_at_a_time().await;
+    let sft = TestSft::start("").await;
+    let users = ["ann", "ben", "cat", "dan"];
+    let mut publishers = Vec::new();
+    for (marker, name) in (1..).zip(users) {
+        let options = PeerOptions { audio_slots: 0, video_slots: 0, ..PeerOptions::new("shaped", name, marker) };
+        publishers.push(Peer::join(&sft, options).await);
+    }
+    let receiver = |name: &str, marker| PeerOptions {
+        video: Video::None,
+        audio: false,
+        audio_slots: 1,
+        video_slots: 4,
+        ..PeerOptions::new("shaped", name, marker)
+    };
+    let (capped, proxy) = Peer::join_via_proxy(&sft, receiver("rex", 8)).await;
+    let free = Peer::join(&sft, receiver("sue", 9)).await;
+    let streams: Vec<Value> = users
+        .iter()
+        .map(|user| json!({"userid": user, "clientid": format!("{user}-client"), "quality": "high"}))
+        .collect();
+    for peer in [&capped, &free] {
+        peer.send(json!({"type": "REQSTREAMS", "streams": streams})).await;
+    }
+    for peer in [&capped, &free] {
+        wait_for("every slot at h", || all_high(peer)).await;
+    }
+
+    // Four `h` layers and the audio need about 850 kbit/s.
+    proxy.limit_downlink(Some(600));
+    wait_for_within("the capped receiver to lower some layers", Duration::from_secs(3), || {
+        let layers = layers(&capped);
+        layers.len() == 4 && layers.iter().any(|layer| layer != "h")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = Instant::now();
+    let mut watched = Vec::new();
+    while settled.elapsed() < Duration::from_secs(6) {
+        assert!(all_high(&free), "the uncapped receiver keeps h: {:?}", layers(&free));
+        watched.push(layers(&capped));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        watched.iter().flatten().all(|layer| layer != "paused"),
+        "no slot of the capped receiver paused: {watched:?}"
+    );
+    for (user, _) in capped.video_slots() {
+        let mid = capped.slot_mid_of(&user, "video").unwrap();
+        let (gap, loss) = gap_and_loss(&capped.slot_stats(&mid), settled);
+        println!("{user}: longest gap {gap:?}, loss {:.2} %", loss * 100.0);
+        assert!(gap < Duration::from_millis(500), "{user}'s video stalled for {gap:?} behind the bottleneck");
+        assert!(loss < 0.02, "{user}'s video lost {:.1} % after settling", loss * 100.0);
+    }
+    println!("settled on {:?}; the bottleneck dropped {} packets", watched.last(), proxy.dropped());
+
+    proxy.limit_downlink(None);
+    let lifted = Instant::now();
+    let mut seen = vec![layers(&capped)];
+    while !all_high(&capped) {
+        assert!(lifted.elapsed() < Duration::from_secs(15), "not back at h 15 s after the cap was lifted: {seen:?}");
+        if seen.last() != Some(&layers(&capped)) {
+            seen.push(layers(&capped));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("back at h {:?} after the cap was lifted, by way of {seen:?}", lifted.elapsed());
 }

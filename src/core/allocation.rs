@@ -6,6 +6,7 @@
 //! [`Hysteresis`] decides when a new allocation may replace the current one:
 //! at once when it is lower, only after it has held for a while when higher.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::ids::Layer;
@@ -64,6 +65,12 @@ pub fn cost(slots: &[SlotDemand], allocation: &[Option<Layer>]) -> u64 {
     slots.iter().zip(allocation).map(|(slot, layer)| layer.map_or(0, |l| u64::from(rate_of(slot, l)))).sum()
 }
 
+/// What `slots` would spend if each got its wish: the best layer its
+/// source sends at or below the wish (or its lowest).
+pub fn wish_cost(slots: &[SlotDemand]) -> u64 {
+    slots.iter().filter_map(|slot| clamp(slot, slot.wanted).map(|layer| u64::from(rate_of(slot, layer)))).sum()
+}
+
 fn rate_of(slot: &SlotDemand, layer: Layer) -> u32 {
     slot.layers.iter().find(|(l, _)| *l == layer).map_or(0, |(_, rate)| *rate)
 }
@@ -76,11 +83,13 @@ fn clamp(slot: &SlotDemand, layer: Layer) -> Option<Layer> {
 
 /// Decides when a new allocation takes over. Lower: only when what the
 /// slots have now costs more than the estimate, and then no slot goes up.
-/// Higher: only when the estimate has paid for it with `headroom` to spare
-/// for `hold` (the least it paid for over the hold is what is taken), and
-/// no slot goes down. A slot whose source is new to it starts at what the
-/// estimate pays for with headroom. State is kept per source, so speakers
-/// moving between slots carry nothing to each other.
+/// Higher: to what the lowest estimate of the last `hold` pays for with
+/// `headroom` to spare, and only when no slot goes down by it. So a rise of
+/// the estimate waits out the hold, while a layer that starts flowing (or
+/// gets measured) under an estimate that has long paid for it is taken at
+/// once. A source new to the slots starts at what that held estimate pays
+/// for. State is kept per source, so speakers moving between slots carry
+/// nothing to each other.
 #[derive(Debug, Clone)]
 pub struct Hysteresis {
     hold: Duration,
@@ -88,32 +97,33 @@ pub struct Hysteresis {
     headroom_percent: u32,
     /// Per source: the layer it gets, `None` while paused.
     current: Vec<(u64, Option<Layer>)>,
-    /// The least raise the estimate has paid for since this instant.
-    raising: Option<(Allocation, Instant)>,
+    /// The estimates of (at least) the last `hold`, oldest first, each with
+    /// the instant it took effect; only changes are kept.
+    estimates: VecDeque<(Instant, u32)>,
 }
 
 impl Hysteresis {
     pub fn new(hold: Duration, headroom_percent: u32) -> Self {
-        Self { hold, headroom_percent, current: Vec::new(), raising: None }
+        Self { hold, headroom_percent, current: Vec::new(), estimates: VecDeque::new() }
     }
 
     /// Re-allocates for the estimate `budget` at `now`; returns, per slot of
     /// `slots`, the layer to use from now on.
     pub fn update(&mut self, now: Instant, budget: u32, slots: &[SlotDemand]) -> Allocation {
-        let spare = u64::from(budget) * 100 / u64::from(100 + self.headroom_percent);
-        let cautious = allocate(u32::try_from(spare).unwrap_or(u32::MAX), slots);
-        // What each slot has now: its source's layer (clamped to what flows),
-        // or for a source new to the slot, what fits with headroom.
+        let held = self.held_estimate(now, budget);
+        let spare = u64::from(held) * 100 / u64::from(100 + self.headroom_percent);
+        let target = allocate(u32::try_from(spare).unwrap_or(u32::MAX), slots);
+        // What each slot has now: its source's layer (no higher than the
+        // slot now wishes, clamped to what flows), or for a source new to the
+        // slots, the target.
         let mut current: Allocation = slots
             .iter()
-            .zip(&cautious)
+            .zip(&target)
             .map(|(slot, fresh)| match self.current.iter().find(|(source, _)| *source == slot.source) {
-                Some((_, layer)) => layer.and_then(|l| clamp(slot, l)),
+                Some((_, layer)) => layer.and_then(|l| clamp(slot, l.min(slot.wanted))),
                 None => *fresh,
             })
             .collect();
-        let changed_sources = slots.len() != self.current.len()
-            || slots.iter().zip(&self.current).any(|(slot, (source, _))| slot.source != *source);
         if cost(slots, &current) > u64::from(budget) {
             // Over the estimate: re-allocate with no slot above what it has.
             let capped: Vec<SlotDemand> = slots
@@ -128,25 +138,25 @@ impl Hysteresis {
                 })
                 .collect();
             current = allocate(budget, &capped);
-            self.raising = None;
-        } else if cautious.iter().zip(&current).all(|(c, n)| c >= n) && cautious != current {
-            // The estimate pays for more: take the least it has paid for over the hold.
-            let least = match self.raising.take() {
-                Some((seen, since)) if !changed_sources => {
-                    (seen.iter().zip(&cautious).map(|(a, b)| (*a).min(*b)).collect(), since)
-                }
-                _ => (cautious.clone(), now),
-            };
-            if now.saturating_duration_since(least.1) >= self.hold {
-                current = least.0;
-            } else {
-                self.raising = Some(least);
-            }
-        } else {
-            self.raising = None;
+        } else if target.iter().zip(&current).all(|(t, c)| t >= c) {
+            current = target;
         }
         self.current = slots.iter().map(|slot| slot.source).zip(current.iter().copied()).collect();
         current
+    }
+
+    /// Records `budget` as the estimate from `now` on and returns the lowest
+    /// estimate in effect at any time during the last `hold`.
+    fn held_estimate(&mut self, now: Instant, budget: u32) -> u32 {
+        if self.estimates.back().is_none_or(|&(_, last)| last != budget) {
+            self.estimates.push_back((now, budget));
+        }
+        // An estimate replaced before the hold began no longer counts.
+        let hold_began = now.checked_sub(self.hold);
+        while self.estimates.get(1).is_some_and(|&(next, _)| hold_began.is_some_and(|began| next <= began)) {
+            self.estimates.pop_front();
+        }
+        self.estimates.iter().map(|&(_, estimate)| estimate).min().unwrap_or(budget)
     }
 }
 
@@ -199,6 +209,14 @@ mod tests {
     fn a_wish_below_the_lowest_layer_still_gets_the_lowest() {
         let slot = SlotDemand { source: 1, wanted: Low, layers: vec![(Medium, 500_000), (High, 1_500_000)] };
         assert_eq!(allocate(5_000_000, &[slot]), vec![Some(Medium)]);
+    }
+
+    #[test]
+    fn the_wish_costs_the_best_layer_at_or_below_each_wish() {
+        let slots = [simulcast(1, High), simulcast(2, Medium), single(3, 700_000), simulcast(4, Low)];
+        assert_eq!(wish_cost(&slots), 1_500_000 + 500_000 + 700_000 + 150_000);
+        let unmeasured = SlotDemand { source: 5, wanted: Low, layers: vec![(Medium, 500_000)] };
+        assert_eq!(wish_cost(&[unmeasured]), 500_000);
     }
 
     #[test]
@@ -268,6 +286,48 @@ mod tests {
         let now = start + Duration::from_millis(300);
         assert_eq!(hysteresis.update(now, 400_000, &[single(2, 300_000)]), [Some(High)]);
         assert_eq!(hysteresis.update(now, 250_000, &[single(2, 300_000)]), [None]);
+    }
+
+    /// A layer that gets measured under an estimate that has long paid for
+    /// it is taken at once: only a rise of the estimate waits out the hold.
+    #[test]
+    fn a_newly_measured_layer_under_a_held_estimate_is_taken_at_once() {
+        let start = Instant::now();
+        let mut hysteresis = Hysteresis::new(Duration::from_secs(3), 15);
+        let unmeasured = SlotDemand { source: 1, wanted: High, layers: vec![(Low, 0)] };
+        assert_eq!(hysteresis.update(start, 4_000_000, &[unmeasured]), [Some(Low)]);
+        let measured = start + Duration::from_millis(1500);
+        assert_eq!(hysteresis.update(measured, 4_000_000, &[simulcast(1, High)]), [Some(High)]);
+    }
+
+    /// What an upgrade may spend is the lowest estimate in effect at any
+    /// moment of the hold, however the estimate moved in between.
+    #[test]
+    fn the_held_estimate_is_the_lowest_of_the_whole_hold() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut hysteresis = Hysteresis::new(Duration::from_secs(2), 0);
+        let slots = [simulcast(1, High)];
+        hysteresis.update(at(0), 300_000, &slots);
+        hysteresis.update(at(1000), 900_000, &slots);
+        // 300k was in effect until 1 s: still inside the hold at 2.5 s.
+        assert_eq!(hysteresis.update(at(2000), 600_000, &slots), [Some(Low)]);
+        assert_eq!(hysteresis.update(at(2500), 600_000, &slots), [Some(Low)]);
+        // At 3.2 s the hold covers 900k and 600k only: m (500k) fits.
+        assert_eq!(hysteresis.update(at(3200), 600_000, &slots), [Some(Medium)]);
+    }
+
+    /// A lower wish is followed at once, and does not hold back another
+    /// slot's raise (REQSTREAMS swapping two sources' qualities).
+    #[test]
+    fn a_lower_wish_is_followed_at_once() {
+        let start = Instant::now();
+        let mut hysteresis = Hysteresis::new(Duration::from_secs(3), 15);
+        let before = [simulcast(1, Low), simulcast(2, High)];
+        assert_eq!(hysteresis.update(start, 4_000_000, &before), [Some(Low), Some(High)]);
+        let swapped = [simulcast(2, Medium), simulcast(1, High)];
+        let now = start + Duration::from_millis(300);
+        assert_eq!(hysteresis.update(now, 4_000_000, &swapped), [Some(Medium), Some(High)]);
     }
 
     /// A seeded random estimate trace: whatever the allocation holds never

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::allocation::{Hysteresis, SlotDemand};
+use super::allocation::{cost, wish_cost, Hysteresis, SlotDemand};
 use super::bitrate::BitrateMeter;
 use super::ids::{Identity, Layer, LinkId, MediaKind, Origin, ParticipantId, SlotRef, StreamKey};
 use super::keyframe::KeyframeThrottle;
 use super::messages::{ParticipantInfo, ServerMessage, SlotInfo, SpeakerInfo, StreamRequest};
+use super::probing::ProbeSchedule;
 use super::rewrite::SlotRewriter;
 use super::selection::{assign_stable, choose_layer};
 use super::speakers::{SpeakerTracker, SILENCE, SPEAKING_LEVEL};
@@ -44,6 +45,8 @@ pub struct ConferenceConfig {
     pub upgrade_hold: Duration,
     /// How much estimate (percent) higher layers must leave unused to be chosen.
     pub upgrade_headroom_percent: u32,
+    /// How often a receiver that gets less than it wishes is probed.
+    pub probe_interval: Duration,
 }
 
 impl Default for ConferenceConfig {
@@ -54,8 +57,9 @@ impl Default for ConferenceConfig {
             layer_timeout: Duration::from_secs(2),
             max_speakers: 5,
             link_timeout: Duration::from_secs(10),
-            upgrade_hold: Duration::from_secs(3),
+            upgrade_hold: Duration::from_secs(2),
             upgrade_headroom_percent: 15,
+            probe_interval: Duration::from_secs(2),
         }
     }
 }
@@ -130,6 +134,11 @@ pub enum Output {
     /// Tell the SFT at the other end of `link` who is in the conference here
     /// (everyone except the participants that link brought).
     Roster { link: LinkId, participants: Vec<RosterEntry> },
+    /// Give the estimator of `receiver`'s downlink this desired rate
+    /// (bits/s): what all its wishes cost, with upgrade headroom, so it is
+    /// never sent padding for layers it does not want; briefly lowered to
+    /// what it gets, to make str0m probe again (see [`super::probing`]).
+    ProbeToward { receiver: ParticipantId, bits_per_second: u64 },
 }
 
 #[derive(Debug)]
@@ -164,6 +173,8 @@ struct Participant {
     /// The receiver's downlink estimate (bits/s), once the edge has one.
     estimate: Option<u32>,
     allocation: Hysteresis,
+    /// When its downlink is probed above what it gets.
+    probing: ProbeSchedule,
     confpart_seq: u64,
     /// Set when a slot's source changed and CONFPART must tell the client.
     slots_changed: bool,
@@ -249,6 +260,7 @@ impl Conference {
             audio_rate: BitrateMeter::default(),
             estimate: None,
             allocation: Hysteresis::new(self.config.upgrade_hold, self.config.upgrade_headroom_percent),
+            probing: ProbeSchedule::new(self.config.probe_interval),
             confpart_seq: 0,
             slots_changed: false,
         };
@@ -632,6 +644,12 @@ impl Conference {
         }
         let receiver = self.participants.get_mut(&receiver_id).expect("has an estimate");
         let allocation = receiver.allocation.update(now, estimate.saturating_sub(audio_rate), &demands);
+        let headroom = |bits: u64| bits * u64::from(100 + self.config.upgrade_headroom_percent) / 100;
+        let wish = headroom(u64::from(audio_rate) + wish_cost(&demands));
+        let gets = headroom(u64::from(audio_rate) + cost(&demands, &allocation));
+        if let Some(bits_per_second) = receiver.probing.update(now, wish, gets) {
+            self.outputs.push_back(Output::ProbeToward { receiver: receiver_id, bits_per_second });
+        }
         let mut video = vec![(None, None); wishes.len()];
         for ((i, id), layer) in ranked.into_iter().zip(allocation) {
             video[i] = match layer {

@@ -10,6 +10,7 @@ pub mod conference;
 pub mod ids;
 pub mod keyframe;
 pub mod messages;
+pub mod probing;
 pub mod rewrite;
 pub mod selection;
 pub mod speakers;

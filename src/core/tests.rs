@@ -515,8 +515,8 @@ fn the_estimate_sizes_layers_pauses_what_does_not_fit_and_raises_only_after_the_
     traffic(&mut sim, &[1, 2], Duration::from_millis(200));
     assert_eq!(to_r_audio(&sim), 20, "10 audio packets from each of two publishers");
 
-    // Plenty again: nothing rises before the hold (3 s) ends, everything after.
-    for _ in 0..5 {
+    // Plenty again: nothing rises before the hold (2 s) ends, everything after.
+    for _ in 0..3 {
         sim.conf.set_receiver_estimate(sim.now, ParticipantId(3), 10_000_000);
         traffic(&mut sim, &[1, 2], Duration::from_millis(500));
     }
@@ -526,4 +526,44 @@ fn the_estimate_sizes_layers_pauses_what_does_not_fit_and_raises_only_after_the_
         traffic(&mut sim, &[1, 2], Duration::from_millis(500));
     }
     assert_eq!(video_slots_with_pause(&sim, 3), both_at(High));
+}
+
+#[test]
+fn the_downlink_is_probed_toward_what_the_wishes_cost_and_no_further() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("a", &SIMULCAST, 0));
+    sim.join(2, spec("b", &SIMULCAST, 0));
+    sim.join(3, spec("r", &[], 2));
+    traffic(&mut sim, &[1, 2], Duration::from_secs(2));
+    let probe_target = |sim: &Sim| {
+        sim.outputs.iter().rev().find_map(|o| match o {
+            Output::ProbeToward { receiver, bits_per_second } if *receiver == ParticipantId(3) => {
+                Some(*bits_per_second)
+            }
+            _ => None,
+        })
+    };
+    // Measured with overhead: l 124.8, h 844.8 and audio 42.4 kbit/s.
+    let (l, h, audio) = (124_800.0, 844_800.0, 42_400.0);
+    let near = |target: u64, expected: f64| (target as f64 - expected).abs() < expected * 0.05;
+    // 500 kbit/s pays for `l` twice; the probes aim at `h` twice, with 15 % headroom.
+    sim.conf.set_receiver_estimate(sim.now, ParticipantId(3), 500_000);
+    sim.drain();
+    let target = probe_target(&sim).expect("a probe target once there is an estimate");
+    let expected = (2.0 * h + 2.0 * audio) * 1.15;
+    assert!(near(target, expected), "{target} vs {expected}");
+
+    // Asked for `l` only: no probing above what that costs.
+    let low =
+        |user: &str| StreamRequest { userid: user.into(), clientid: "c".into(), domain: None, quality: Quality::Low };
+    sim.conf.handle_request_streams(sim.now, ParticipantId(3), vec![low("a"), low("b")]);
+    sim.drain();
+    let target = probe_target(&sim).unwrap();
+    let expected = (2.0 * l + 2.0 * audio) * 1.15;
+    assert!(near(target, expected), "{target} vs {expected}");
+
+    // The rates wobble as they are measured; the target is not re-sent for that.
+    let sent = sim.outputs.iter().filter(|o| matches!(o, Output::ProbeToward { .. })).count();
+    traffic(&mut sim, &[1, 2], Duration::from_secs(2));
+    assert_eq!(sim.outputs.iter().filter(|o| matches!(o, Output::ProbeToward { .. })).count(), sent);
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind as RtcKind, Mid};
@@ -219,6 +220,13 @@ impl Client {
         let find =
             |slots: &[SlotTx], kind| slots.iter().position(|s| s.mid == mid).map(|index| SlotRef { kind, index });
         find(&self.video_slots, MediaKind::Video).or_else(|| find(&self.audio_slots, MediaKind::Audio))
+    }
+
+    /// Lets the send-side estimate probe this client's downlink up to
+    /// `bits_per_second`, never past the configured ceiling.
+    pub fn probe_toward(&mut self, bits_per_second: u64) {
+        let desired = self.downlink.cap(bits_per_second);
+        self.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
     }
 
     /// Asks this client (as a publisher) for a keyframe of one stream.

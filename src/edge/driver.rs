@@ -693,6 +693,12 @@ impl Driver {
                     }
                 }
                 CoreOutput::RequestKeyframe(stream) => self.request_keyframe(number, stream),
+                CoreOutput::ProbeToward { receiver, bits_per_second } => {
+                    if let Some(client) = self.clients.get_mut(&receiver) {
+                        client.probe_toward(bits_per_second);
+                        self.mark_dirty(receiver);
+                    }
+                }
                 CoreOutput::Roster { link, participants } => {
                     if let (Some(channel), Some(l)) = (self.channels.channel(number, link), self.links.get(&link)) {
                         l.send_control(Control::Roster { channel, participants });

@@ -25,6 +25,11 @@ impl DownlinkEstimate {
         self.ceiling.map(|ceiling| (EstimateSource::Ceiling, ceiling))
     }
 
+    /// `bits_per_second`, or the ceiling when that is lower.
+    pub fn cap(&self, bits_per_second: u64) -> u64 {
+        self.ceiling.map_or(bits_per_second, |ceiling| bits_per_second.min(u64::from(ceiling)))
+    }
+
     /// The estimate to use after str0m reported `kind`, or `None` when the
     /// report changes nothing.
     pub fn update(&mut self, kind: &BweKind) -> Option<(EstimateSource, u32)> {

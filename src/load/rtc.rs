@@ -14,12 +14,17 @@ use webrtc::ice::network_type::NetworkType;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::TrackLocal;
+
+/// The payload type webrtc-rs gives VP8 among its default codecs.
+const VP8_PAYLOAD_TYPE: u8 = 96;
 
 /// Simulcast layers from lowest to highest, as `rid`s.
 pub const SIMULCAST_RIDS: [&str; 3] = ["l", "m", "h"];
@@ -29,6 +34,18 @@ pub const SIMULCAST_RIDS: [&str; 3] = ["l", "m", "h"];
 pub async fn loopback_peer_connection() -> Result<Arc<RTCPeerConnection>, webrtc::Error> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
+    // RTX, as browsers offer it: repairs and bandwidth probes on a stream
+    // webrtc-rs binds (and reports in its transport-cc feedback).
+    let rtx = RTCRtpCodecCapability {
+        mime_type: "video/rtx".into(),
+        clock_rate: 90_000,
+        sdp_fmtp_line: format!("apt={VP8_PAYLOAD_TYPE}"),
+        ..Default::default()
+    };
+    media.register_codec(
+        RTCRtpCodecParameters { capability: rtx, payload_type: VP8_PAYLOAD_TYPE + 1, ..Default::default() },
+        RTPCodecType::Video,
+    )?;
     for (uri, kind) in [
         ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", RTPCodecType::Audio),
         ("urn:ietf:params:rtp-hdrext:sdes:mid", RTPCodecType::Audio),

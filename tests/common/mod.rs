@@ -145,6 +145,8 @@ pub struct SlotStats {
     pub keyframe_widths: Vec<u16>,
     /// Audio markers seen, in order of arrival.
     pub markers: Vec<u8>,
+    /// Every packet's arrival time and sequence number.
+    pub arrivals: Vec<(Instant, u16)>,
 }
 
 #[derive(Debug, Default)]
@@ -361,6 +363,7 @@ fn record_packet(state: &Mutex<PeerState>, mid: &str, packet: &webrtc::rtp::pack
         }
     }
     slot.last_seq = Some(seq);
+    slot.arrivals.push((Instant::now(), seq));
     if let Some(width) = ivf::keyframe_width(&packet.payload) {
         slot.keyframe_widths.push(width);
     }

@@ -1,15 +1,64 @@
-//! A loopback UDP proxy between one peer and the SFT that a test can cut,
-//! to make a client vanish without a goodbye.
+//! A loopback UDP proxy between one peer and the SFT that a test can cut
+//! (to make a client vanish without a goodbye) or impair: the SFT-to-peer
+//! direction can become a bottleneck link (a rate with a tail-drop queue)
+//! that also loses packets at random.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The longest a datagram may wait in the bottleneck's queue: what a home
+/// router's buffer holds at these rates. Anything later is dropped.
+const QUEUE_LIMIT: Duration = Duration::from_millis(200);
 
 pub struct UdpProxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    downlink: Arc<Mutex<Downlink>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The SFT-to-peer direction.
+#[derive(Debug, Default)]
+struct Downlink {
+    rate_bps: Option<u64>,
+    /// Per million datagrams, how many are lost at random.
+    loss_ppm: u64,
+    /// When the bottleneck is next free to send.
+    free_at: Option<Instant>,
+    /// xorshift state: the same losses on every run.
+    random: u64,
+    /// Dropped RTP packets per payload type (SRTP leaves the header clear).
+    dropped_rtp: BTreeMap<u8, u64>,
+}
+
+impl Downlink {
+    /// When a datagram of `len` bytes arriving `now` leaves, or `None` if
+    /// it is lost or the queue is full.
+    fn schedule(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        if self.random % 1_000_000 < self.loss_ppm {
+            return None;
+        }
+        let Some(rate) = self.rate_bps else {
+            return Some(now);
+        };
+        let start = self.free_at.map_or(now, |free| free.max(now));
+        if start - now > QUEUE_LIMIT {
+            return None;
+        }
+        let serialization = Duration::from_secs_f64((len as f64 + 28.0) * 8.0 / rate as f64);
+        self.free_at = Some(start + serialization);
+        Some(start + serialization)
+    }
 }
 
 impl UdpProxy {
@@ -18,7 +67,18 @@ impl UdpProxy {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = socket.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
-        let is_cut = cut.clone();
+        let downlink = Arc::new(Mutex::new(Downlink { random: 0x5eed_1234, ..Downlink::default() }));
+        let dropped = Arc::new(AtomicU64::new(0));
+        // Datagrams toward the peer leave in order, each at its time.
+        let (delayed, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>, SocketAddr)>();
+        let sender = socket.clone();
+        tokio::spawn(async move {
+            while let Some((at, datagram, to)) = due.recv().await {
+                tokio::time::sleep_until(at).await;
+                let _ = sender.send_to(&datagram, to).await;
+            }
+        });
+        let (is_cut, link, lost) = (cut.clone(), downlink.clone(), dropped.clone());
         tokio::spawn(async move {
             let mut client: Option<SocketAddr> = None;
             let mut buf = vec![0u8; 65536];
@@ -26,19 +86,27 @@ impl UdpProxy {
                 if is_cut.load(Ordering::SeqCst) {
                     continue;
                 }
-                let to = if from == upstream {
-                    match client {
-                        Some(c) => c,
-                        None => continue,
-                    }
-                } else {
+                if from != upstream {
                     client = Some(from);
-                    upstream
-                };
-                let _ = socket.send_to(&buf[..len], to).await;
+                    let _ = socket.send_to(&buf[..len], upstream).await;
+                    continue;
+                }
+                let Some(to) = client else { continue };
+                let mut link = link.lock().unwrap();
+                match link.schedule(Instant::now(), len) {
+                    Some(at) => {
+                        let _ = delayed.send((at, buf[..len].to_vec(), to));
+                    }
+                    None => {
+                        lost.fetch_add(1, Ordering::SeqCst);
+                        if let Some(payload_type) = rtp_payload_type(&buf[..len]) {
+                            *link.dropped_rtp.entry(payload_type).or_default() += 1;
+                        }
+                    }
+                }
             }
         });
-        Self { addr, cut }
+        Self { addr, cut, downlink, dropped }
     }
 
     /// From now on every datagram is dropped, both ways.
@@ -50,4 +118,34 @@ impl UdpProxy {
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
+
+    /// Caps the SFT-to-peer direction at `kbps` (a bottleneck with a
+    /// [`QUEUE_LIMIT`] queue), or lifts the cap with `None`.
+    pub fn limit_downlink(&self, kbps: Option<u64>) {
+        self.downlink.lock().unwrap().rate_bps = kbps.map(|k| k * 1000);
+    }
+
+    /// How many datagrams toward the peer the impairment dropped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// How many RTP packets of `payload_type` toward the peer the
+    /// impairment dropped.
+    pub fn dropped_rtp(&self, payload_type: u8) -> u64 {
+        self.downlink.lock().unwrap().dropped_rtp.get(&payload_type).copied().unwrap_or(0)
+    }
+
+    /// Loses `percent` of the datagrams toward the peer, at random.
+    pub fn lose_downlink(&self, percent: f64) {
+        self.downlink.lock().unwrap().loss_ppm = (percent * 10_000.0) as u64;
+    }
+}
+
+/// The payload type of an RTP packet (not RTCP, STUN or DTLS).
+fn rtp_payload_type(datagram: &[u8]) -> Option<u8> {
+    let (&first, &second) = (datagram.first()?, datagram.get(1)?);
+    let payload_type = second & 0x7f;
+    // Version 2, and not one of RTCP's packet types (200-206 with the marker bit).
+    (first >> 6 == 2 && !(64..96).contains(&payload_type)).then_some(payload_type)
 }
