@@ -8,6 +8,7 @@ mod browsers;
 mod common;
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,11 @@ impl PageView {
             self.0["sent"].as_object().into_iter().flatten().map(|(rid, _)| rid.clone()).collect();
         rids.sort();
         rids
+    }
+
+    /// The width of `who`'s video as this page decodes it now (0: none yet).
+    fn width(&self, who: &str) -> i64 {
+        self.0["widths"][who].as_i64().unwrap_or(0)
     }
 
     /// Whether this page decodes every one of `others`' video and receives their audio.
@@ -216,5 +222,84 @@ async fn federated_browsers() {
     assert_eq!(b.metric("sft_participants{role=\"remote\"}").await, 1.0);
     chromium.close().await;
     drop(firefox);
+    let _ = std::fs::remove_dir_all(profiles());
+}
+
+#[test]
+fn chromium_behind_a_bottleneck_gets_narrower_video_until_it_lifts() {
+    netns::isolated("chromium_behind_a_bottleneck_gets_narrower_video_until_it_lifts", one_at_a_time, shaped_chromium);
+}
+
+/// Shapes what leaves `port` on loopback (the SFT's media socket, so what
+/// the SFT sends its clients) to `kbps` with a 200 ms queue, as a slow
+/// downlink would, or lifts the shaping with `None`. The namespace is the
+/// test's own, so nothing else is touched.
+fn shape_from_port(port: u16, kbps: Option<u32>) {
+    let tc = |args: String| {
+        let status = Command::new("tc").args(args.split_whitespace()).status().expect("tc (iproute2) runs");
+        assert!(status.success(), "tc {args} failed");
+    };
+    let Some(kbps) = kbps else {
+        tc("qdisc del dev lo root".into());
+        return;
+    };
+    // Unclassified traffic (class 99 does not exist) bypasses the shaper.
+    tc("qdisc add dev lo root handle 1: htb default 99".into());
+    tc(format!("class add dev lo parent 1: classid 1:10 htb rate {kbps}kbit ceil {kbps}kbit"));
+    tc(format!("qdisc add dev lo parent 1:10 bfifo limit {}", kbps * 1000 / 8 / 5));
+    tc(format!("filter add dev lo parent 1: protocol ip prio 1 u32 match ip sport {port} 0xffff flowid 1:10"));
+}
+
+/// Polls Chromium's demo page until `done` holds for what it reports.
+async fn wait_for_page(chromium: &Chromium, what: &str, done: impl Fn(&PageView) -> bool) -> PageView {
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    loop {
+        let view = PageView(chromium.eval("window.sftReceived()").await);
+        if done(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}: chromium reports {}", view.0);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Chromium receives three simulcast publishers through a downlink shaped
+/// to 250 kbit/s (their `h` layers and audio need about 620): its own
+/// transport-cc feedback drives the SFT's estimate, the video it decodes
+/// narrows while frames keep coming, and returns to full width once the
+/// shaping is lifted.
+async fn shaped_chromium() {
+    let sft = TestSft::start("").await;
+    let mut publishers = Vec::new();
+    let names = ["ann", "ben", "cat"];
+    for (marker, name) in (1..).zip(names) {
+        let options = PeerOptions { audio_slots: 0, video_slots: 0, ..PeerOptions::new("shaped", name, marker) };
+        publishers.push(Peer::join(&sft, options).await);
+    }
+    let driver = ChromeDriver::start();
+    let chromium = Chromium::open(&driver, &profiles().join("chromium")).await;
+    chromium.goto(&sft.url("/?conf=shaped&name=chrome&autojoin=1")).await;
+    let sources: Vec<String> = names.iter().map(|name| format!("{name}@localhost")).collect();
+    let full = i64::from(common::ivf::width_of("h"));
+    let all_full = |view: &PageView| sources.iter().all(|s| view.width(s) == full && view.count("video", s) > ENOUGH);
+    wait_for_page(&chromium, "every video at full width", all_full).await;
+
+    let port = sft.server.media_addr.port();
+    shape_from_port(port, Some(250));
+    let narrowed = wait_for_page(&chromium, "narrower video behind the shaped downlink", |view| {
+        sources.iter().any(|s| (1..full).contains(&view.width(s)))
+    })
+    .await;
+    eprintln!("shaped: chromium reports {}", narrowed.0);
+    wait_for_page(&chromium, "frames still decoded from every source", |view| {
+        sources.iter().all(|s| view.count("video", s) > narrowed.count("video", s) + ENOUGH)
+    })
+    .await;
+
+    shape_from_port(port, None);
+    let lifted = wait_for_page(&chromium, "full width again once lifted", all_full).await;
+    eprintln!("lifted: chromium reports {}", lifted.0);
+    chromium.close().await;
+    drop(publishers);
     let _ = std::fs::remove_dir_all(profiles());
 }

@@ -4,7 +4,8 @@
 //! slots in priority order (REQSTREAMS order, else the most recent speaker
 //! first) and the measured bitrate of each layer their sources publish, and
 //! [`Hysteresis`] decides when a new allocation may replace the current one:
-//! at once when it is lower, only after it has held for a while when higher.
+//! at once when it is lower, and when higher only as far as the lowest
+//! estimate of the last while pays for.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -81,8 +82,9 @@ fn clamp(slot: &SlotDemand, layer: Layer) -> Option<Layer> {
     below.or(slot.layers.first()).map(|(l, _)| *l)
 }
 
-/// Decides when a new allocation takes over. Lower: only when what the
-/// slots have now costs more than the estimate, and then no slot goes up.
+/// Decides when a new allocation takes over. Lower: a slot whose wish fell
+/// below what it has, at once; every slot, only when what the slots have
+/// now costs more than the estimate, and then no slot goes up.
 /// Higher: to what the lowest estimate of the last `hold` pays for with
 /// `headroom` to spare, and only when no slot goes down by it. So a rise of
 /// the estimate waits out the hold, while a layer that starts flowing (or

@@ -135,9 +135,9 @@ pub enum Output {
     /// (everyone except the participants that link brought).
     Roster { link: LinkId, participants: Vec<RosterEntry> },
     /// Give the estimator of `receiver`'s downlink this desired rate
-    /// (bits/s): what all its wishes cost, with upgrade headroom, so it is
-    /// never sent padding for layers it does not want; briefly lowered to
-    /// what it gets, to make str0m probe again (see [`super::probing`]).
+    /// (bits/s): what all its wishes cost, with upgrade headroom, so probes
+    /// aim at what it asked for, not at layers it did not; briefly lowered
+    /// to what it gets, to make str0m probe again (see [`super::probing`]).
     ProbeToward { receiver: ParticipantId, bits_per_second: u64 },
 }
 

@@ -5,10 +5,12 @@
 //! while the sender uses little of the estimate. A receiver held below its
 //! wishes by a bottleneck that has since gone is sent close to its estimate
 //! (the allocation spends it), so neither happens, and the estimate creeps
-//! up by a few percent a second. So while a receiver gets noticeably less
-//! than it wishes, every `interval` the desired rate is lowered to what it
-//! gets and, on a later update, raised back to the wish: str0m answers the
-//! rise with probes at once and twice the wish (at most twice the estimate).
+//! up by a few percent a second. So while a receiver gets more than 10 %
+//! less than it wishes, every `interval` (counted from when it started
+//! getting less, or from the last rise) the desired rate is lowered to what
+//! it gets and, on an update at least 100 ms later, raised back to the wish:
+//! str0m answers the rise with probes at once and twice the wish (at most
+//! twice the estimate).
 
 use std::time::{Duration, Instant};
 
@@ -42,8 +44,13 @@ impl ProbeSchedule {
     /// rate to give str0m when it should change: a wobble of the measured
     /// rates under 10 % is not passed on.
     pub fn update(&mut self, now: Instant, wish: u64, gets: u64) -> Option<u64> {
-        let phase = *self.phase.get_or_insert(Phase::AtWish(now));
-        let wants_more = gets.saturating_mul(11) / 10 < wish;
+        let wants_more = gets.saturating_mul(10) < wish.saturating_mul(9);
+        // The interval counts from when the receiver started getting less.
+        let phase = match self.phase {
+            Some(phase) if wants_more => phase,
+            _ => Phase::AtWish(now),
+        };
+        self.phase = Some(phase);
         let desired = match phase {
             Phase::Lowered(at) if now.saturating_duration_since(at) < REARM => gets,
             Phase::AtWish(since) if wants_more && now.saturating_duration_since(since) >= self.interval => {
@@ -57,10 +64,16 @@ impl ProbeSchedule {
             Phase::AtWish(_) => wish,
         };
         let changed = self.desired.is_none_or(|last| desired.abs_diff(last) * 10 > last);
-        changed.then(|| {
-            self.desired = Some(desired);
-            desired
-        })
+        if !changed {
+            return None;
+        }
+        // str0m probes on any rise above its estimate: a raised wish is a
+        // probe of its own, and the next one is an interval away.
+        if self.desired.is_some_and(|last| desired > last) {
+            self.phase = Some(Phase::AtWish(now));
+        }
+        self.desired = Some(desired);
+        Some(desired)
     }
 }
 
@@ -90,7 +103,9 @@ mod tests {
         let start = Instant::now();
         let mut schedule = ProbeSchedule::new(Duration::from_secs(3));
         let (wish, gets) = (1_000_000, 400_000);
-        assert_eq!(schedule.update(start, wish, gets), Some(wish));
+        assert_eq!(schedule.update(start, wish, wish), Some(wish));
+        // It gets less from here on: the interval counts from now.
+        assert_eq!(schedule.update(start, wish, gets), None);
         assert_eq!(schedule.update(ms(start, 2_900), wish, gets), None);
         // Lowered to what it gets, then (not before 100 ms) raised: a probe.
         assert_eq!(schedule.update(ms(start, 3_000), wish, gets), Some(gets));
@@ -104,6 +119,27 @@ mod tests {
         for t in 0..30 {
             assert_eq!(schedule.update(ms(start, 6_900 + t * 300), wish, wish), None);
         }
+    }
+
+    #[test]
+    fn the_interval_counts_from_when_the_receiver_started_getting_less() {
+        let start = Instant::now();
+        let mut schedule = ProbeSchedule::new(Duration::from_secs(3));
+        assert_eq!(schedule.update(start, 1_000_000, 1_000_000), Some(1_000_000));
+        // At its wish for a minute (updated every 300 ms, as the conference
+        // ticks), then held back: no probe at once into the queue that just
+        // overflowed.
+        for t in 1..200 {
+            assert_eq!(schedule.update(ms(start, t * 300), 1_000_000, 1_000_000), None);
+        }
+        // Last at its wish at 59.7 s: the first lowering comes 3 s later.
+        assert_eq!(schedule.update(ms(start, 60_000), 1_000_000, 400_000), None);
+        assert_eq!(schedule.update(ms(start, 62_600), 1_000_000, 400_000), None);
+        assert_eq!(schedule.update(ms(start, 62_700), 1_000_000, 400_000), Some(400_000));
+        // A raised wish is a probe of its own: the next lowering waits.
+        assert_eq!(schedule.update(ms(start, 62_900), 2_000_000, 400_000), Some(2_000_000));
+        assert_eq!(schedule.update(ms(start, 65_800), 2_000_000, 400_000), None);
+        assert_eq!(schedule.update(ms(start, 65_900), 2_000_000, 400_000), Some(400_000));
     }
 
     #[test]

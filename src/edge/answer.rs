@@ -26,7 +26,8 @@ pub struct AnswerError(String);
 pub struct Estimation {
     /// str0m's send-side estimate from the client's transport-cc feedback.
     pub enabled: bool,
-    /// `media.max_receive_kbps` in bits/s: probing goes no higher.
+    /// `media.max_receive_kbps` in bits/s: the desired rate goes no higher
+    /// (str0m probes up to twice the desired rate).
     pub ceiling: Option<u32>,
 }
 

@@ -1,9 +1,7 @@
 //! A loopback UDP proxy between one peer and the SFT that a test can cut
 //! (to make a client vanish without a goodbye) or impair: the SFT-to-peer
-//! direction can become a bottleneck link (a rate with a tail-drop queue)
-//! that also loses packets at random.
+//! direction can become a bottleneck link (a rate with a tail-drop queue).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,26 +26,14 @@ pub struct UdpProxy {
 #[derive(Debug, Default)]
 struct Downlink {
     rate_bps: Option<u64>,
-    /// Per million datagrams, how many are lost at random.
-    loss_ppm: u64,
     /// When the bottleneck is next free to send.
     free_at: Option<Instant>,
-    /// xorshift state: the same losses on every run.
-    random: u64,
-    /// Dropped RTP packets per payload type (SRTP leaves the header clear).
-    dropped_rtp: BTreeMap<u8, u64>,
 }
 
 impl Downlink {
     /// When a datagram of `len` bytes arriving `now` leaves, or `None` if
-    /// it is lost or the queue is full.
+    /// the queue is full.
     fn schedule(&mut self, now: Instant, len: usize) -> Option<Instant> {
-        self.random ^= self.random << 13;
-        self.random ^= self.random >> 7;
-        self.random ^= self.random << 17;
-        if self.random % 1_000_000 < self.loss_ppm {
-            return None;
-        }
         let Some(rate) = self.rate_bps else {
             return Some(now);
         };
@@ -67,7 +53,7 @@ impl UdpProxy {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = socket.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
-        let downlink = Arc::new(Mutex::new(Downlink { random: 0x5eed_1234, ..Downlink::default() }));
+        let downlink = Arc::new(Mutex::new(Downlink::default()));
         let dropped = Arc::new(AtomicU64::new(0));
         // Datagrams toward the peer leave in order, each at its time.
         let (delayed, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>, SocketAddr)>();
@@ -92,16 +78,12 @@ impl UdpProxy {
                     continue;
                 }
                 let Some(to) = client else { continue };
-                let mut link = link.lock().unwrap();
-                match link.schedule(Instant::now(), len) {
+                match link.lock().unwrap().schedule(Instant::now(), len) {
                     Some(at) => {
                         let _ = delayed.send((at, buf[..len].to_vec(), to));
                     }
                     None => {
                         lost.fetch_add(1, Ordering::SeqCst);
-                        if let Some(payload_type) = rtp_payload_type(&buf[..len]) {
-                            *link.dropped_rtp.entry(payload_type).or_default() += 1;
-                        }
                     }
                 }
             }
@@ -109,7 +91,8 @@ impl UdpProxy {
         Self { addr, cut, downlink, dropped }
     }
 
-    /// From now on every datagram is dropped, both ways.
+    /// From now on every datagram is dropped, both ways (those already
+    /// queued at a bottleneck still leave).
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
     }
@@ -129,23 +112,4 @@ impl UdpProxy {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::SeqCst)
     }
-
-    /// How many RTP packets of `payload_type` toward the peer the
-    /// impairment dropped.
-    pub fn dropped_rtp(&self, payload_type: u8) -> u64 {
-        self.downlink.lock().unwrap().dropped_rtp.get(&payload_type).copied().unwrap_or(0)
-    }
-
-    /// Loses `percent` of the datagrams toward the peer, at random.
-    pub fn lose_downlink(&self, percent: f64) {
-        self.downlink.lock().unwrap().loss_ppm = (percent * 10_000.0) as u64;
-    }
-}
-
-/// The payload type of an RTP packet (not RTCP, STUN or DTLS).
-fn rtp_payload_type(datagram: &[u8]) -> Option<u8> {
-    let (&first, &second) = (datagram.first()?, datagram.get(1)?);
-    let payload_type = second & 0x7f;
-    // Version 2, and not one of RTCP's packet types (200-206 with the marker bit).
-    (first >> 6 == 2 && !(64..96).contains(&payload_type)).then_some(payload_type)
 }
