@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use browsers::chromium::{ChromeDriver, Chromium};
 use browsers::firefox::Firefox;
 use common::fed::{peers_table, Certs};
+use common::proxy::LossyFront;
 use common::{netns, Peer, PeerOptions, Signalling, TestSft};
 use serde_json::{json, Value};
 
@@ -59,6 +60,11 @@ impl PageView {
             self.0["sent"].as_object().into_iter().flatten().map(|(rid, _)| rid.clone()).collect();
         rids.sort();
         rids
+    }
+
+    /// One RTP counter of the slot carrying `who`'s video.
+    fn rtp(&self, who: &str, counter: &str) -> i64 {
+        self.0["rtp"][who][counter].as_i64().unwrap_or(0)
     }
 
     /// The width of `who`'s video as this page decodes it now (0: none yet).
@@ -299,6 +305,77 @@ async fn shaped_chromium() {
     shape_from_port(port, None);
     let lifted = wait_for_page(&chromium, "full width again once lifted", all_full).await;
     eprintln!("lifted: chromium reports {}", lifted.0);
+    chromium.close().await;
+    drop(publishers);
+    let _ = std::fs::remove_dir_all(profiles());
+}
+
+#[test]
+fn chromium_gets_lost_video_packets_again() {
+    netns::isolated("chromium_gets_lost_video_packets_again", one_at_a_time, lossy_chromium);
+}
+
+/// 5 % of what the SFT sends its clients is lost on the way (a proxy at the
+/// SFT's advertised media address): Chromium NACKs, the SFT resends from
+/// its history over RTX, at least 90 % of the lost video packets arrive
+/// after all, and no video stalls for a second.
+async fn lossy_chromium() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sft = TestSft::start_with_media("[media]\npublic_ip = \"127.0.0.2\"\n", &format!("127.0.0.1:{port}")).await;
+    let front = LossyFront::start(format!("127.0.0.2:{port}").parse().unwrap(), sft.server.media_addr, 5.0).await;
+    let mut publishers = Vec::new();
+    let names = ["ann", "ben"];
+    for (marker, name) in (1..).zip(names) {
+        let options = PeerOptions { audio_slots: 0, video_slots: 0, ..PeerOptions::new("lossy", name, marker) };
+        publishers.push(Peer::join(&sft, options).await);
+    }
+    let driver = ChromeDriver::start();
+    let chromium = Chromium::open(&driver, &profiles().join("chromium")).await;
+    chromium.goto(&sft.url("/?conf=lossy&name=chrome&autojoin=1")).await;
+    let sources: Vec<String> = names.iter().map(|name| format!("{name}@localhost")).collect();
+    let before = wait_for_page(&chromium, "video from every source", |view| {
+        sources.iter().all(|s| view.count("video", s) > ENOUGH)
+    })
+    .await;
+
+    // Watch for 20 s: how long each source's picture stands still.
+    let mut longest_stall = Duration::ZERO;
+    let mut last_change: Vec<(i64, Instant)> =
+        sources.iter().map(|s| (before.count("video", s), Instant::now())).collect();
+    let watched = Instant::now();
+    let mut after = PageView(before.0.clone());
+    while watched.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = PageView(chromium.eval("window.sftReceived()").await);
+        for (source, (frames, since)) in sources.iter().zip(&mut last_change) {
+            let now = after.count("video", source);
+            if now != *frames {
+                (*frames, *since) = (now, Instant::now());
+            }
+            longest_stall = longest_stall.max(since.elapsed());
+        }
+    }
+    let loss = front.loss_ratio();
+    eprintln!("downlink loss {:.2} %, longest stall {longest_stall:?}", loss * 100.0);
+    assert!(loss > 0.03, "the proxy lost {:.1} % only", loss * 100.0);
+    for source in &sources {
+        let delta = |counter| after.rtp(source, counter) - before.rtp(source, counter);
+        let (lost, retransmitted) = (delta("lost"), delta("retransmitted"));
+        eprintln!(
+            "{source}: received {}, lost {lost}, nacks {}, retransmitted {retransmitted}",
+            delta("received"),
+            delta("nacks"),
+        );
+        // Chromium's `packetsLost` counts what the path lost, repaired or
+        // not; `retransmittedPacketsReceived` what the SFT resent to it.
+        assert!(lost > 0, "{source}: Chromium saw no loss to repair");
+        assert!(
+            retransmitted * 10 >= lost * 9,
+            "{source}: {retransmitted} packets resent for {lost} lost (NACKs: {})",
+            delta("nacks")
+        );
+    }
+    assert!(longest_stall < Duration::from_secs(1), "a video stood still for {longest_stall:?}");
     chromium.close().await;
     drop(publishers);
     let _ = std::fs::remove_dir_all(profiles());

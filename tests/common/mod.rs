@@ -49,12 +49,22 @@ impl TestSft {
     /// An SFT on loopback with OS-chosen ports; `extra` is TOML merged over
     /// the embedded default (it may not repeat the listen keys).
     pub async fn start(extra: &str) -> Self {
+        Self::start_with_media(extra, "127.0.0.1:0").await
+    }
+
+    /// An SFT whose media socket listens on `media` (a fixed port is
+    /// needed with `media.public_ip`).
+    pub async fn start_with_media(extra: &str, media: &str) -> Self {
         install_crypto_provider();
         let path = std::env::temp_dir().join(format!("sft-test-{}.toml", rand_suffix()));
         std::fs::write(&path, extra).unwrap();
-        let loopback_ports = ["SFT_SIGNALLING__LISTEN", "SFT_MEDIA__LISTEN", "SFT_METRICS__LISTEN"]
-            .map(|key| (key.to_string(), "\"127.0.0.1:0\"".to_string()));
-        let config = Config::load(Some(&path), loopback_ports).expect("test config is valid");
+        let listen = [
+            ("SFT_SIGNALLING__LISTEN", "127.0.0.1:0"),
+            ("SFT_MEDIA__LISTEN", media),
+            ("SFT_METRICS__LISTEN", "127.0.0.1:0"),
+        ]
+        .map(|(key, addr)| (key.to_string(), format!("\"{addr}\"")));
+        let config = Config::load(Some(&path), listen).expect("test config is valid");
         std::fs::remove_file(&path).unwrap();
         let server = Server::start(&config).await.expect("SFT starts");
         Self { server }
