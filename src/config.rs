@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::core::relay_demand::RelayMode;
+
 /// The embedded default: `config/sft.toml` as shipped.
 pub const DEFAULT_TOML: &str = include_str!("../config/sft.toml");
 
@@ -79,6 +81,7 @@ struct RawFederation {
     dns: Option<String>,
     via_federator: Option<String>,
     link_timeout: f64,
+    relay: String,
 }
 
 /// Which peer domains this SFT federates with, inbound and outbound alike.
@@ -115,6 +118,8 @@ pub struct FederationConfig {
     pub via_federator: Option<String>,
     /// How long a peer's participants stay after its relay link dropped.
     pub link_timeout: Duration,
+    /// Whether relay links bring every stream or what this SFT's clients use.
+    pub relay: RelayMode,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -377,6 +382,16 @@ impl RawFederation {
                 why: "must be between 0 and 3600 seconds".into(),
             });
         }
+        let relay = match self.relay.as_str() {
+            "all" => RelayMode::All,
+            "demand" => RelayMode::Demand,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "federation.relay",
+                    why: format!("{other:?} is not one of all, demand"),
+                })
+            }
+        };
         Ok(Some(FederationConfig {
             listen: socket_addr("federation.listen", &self.listen)?,
             relay_listen: socket_addr("federation.relay_listen", &self.relay_listen)?,
@@ -389,6 +404,7 @@ impl RawFederation {
             dns,
             via_federator: self.via_federator.map(|u| u.trim_end_matches('/').to_owned()),
             link_timeout: Duration::from_secs_f64(self.link_timeout),
+            relay,
         }))
     }
 }

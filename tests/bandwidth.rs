@@ -13,19 +13,11 @@ use std::time::{Duration, Instant};
 
 use common::{wait_for, wait_for_within, Peer, PeerOptions, SlotStats, TestSft, Video};
 use serde_json::{json, Value};
-use tokio::sync::{Mutex, MutexGuard};
 
 /// With packet overhead, the test peers' layers measure about 31 (`l`), 70
 /// (`m`) and 180 (`h`) kbit/s and their audio about 26: 72 kbit/s pays for
 /// one audio slot and one `l`, with room for neither a second `l` nor an `m`.
 const CEILING: &str = "[media]\nbandwidth_estimation = false\nmax_receive_kbps = 72\n";
-
-/// Each test runs a call of five or six WebRTC peers, and the estimates it
-/// checks read CPU starvation as congestion: one test at a time.
-async fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static CALLS: Mutex<()> = Mutex::const_new(());
-    CALLS.lock().await
-}
 
 fn video_slots(peer: &Peer) -> Vec<Value> {
     let confpart = peer.confpart().unwrap_or_default();
@@ -34,7 +26,7 @@ fn video_slots(peer: &Peer) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_capped_receiver_gets_its_first_slot_at_low_and_the_others_paused() {
-    let _one = one_at_a_time().await;
+    let _one = common::one_big_call_at_a_time().await;
     let sft = TestSft::start(CEILING).await;
     let mut publishers = Vec::new();
     for (name, marker) in [("ann", 1), ("ben", 2), ("cat", 3)] {
@@ -113,7 +105,7 @@ fn all_high(peer: &Peer) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_behind_a_bottleneck_gets_lower_layers_until_it_lifts() {
-    let _one = one_at_a_time().await;
+    let _one = common::one_big_call_at_a_time().await;
     let sft = TestSft::start("").await;
     let users = ["ann", "ben", "cat", "dan"];
     let mut publishers = Vec::new();

@@ -5,15 +5,30 @@
 mod common;
 
 use common::fed::{on, peers_table, Certs};
+use common::ivf::width_of;
 use common::process::SftProcess;
 use common::{wait_for, Peer, PeerOptions, TestSft, Video};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_peers_on_three_sfts_see_and_hear_each_other() {
+    five_peers_on_three_sfts("all").await;
+}
+
+/// The anchor subscribes b and c to what the other one watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_peers_on_three_sfts_relaying_on_demand_see_and_hear_each_other() {
+    five_peers_on_three_sfts("demand").await;
+}
+
+async fn five_peers_on_three_sfts(relay: &str) {
+    let _one = common::one_big_call_at_a_time().await;
     let certs = Certs::new(&["a.example", "b.example", "c.example"]);
-    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;
-    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &peers_table(&[("a.example", &a)]))).await;
-    let c = TestSft::start(&certs.federation_toml("c.example", "127.0.0.3", &peers_table(&[("a.example", &a)]))).await;
+    let relay = format!("relay = \"{relay}\"\n");
+    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", &relay)).await;
+    let to_a = format!("{relay}{}", peers_table(&[("a.example", &a)]));
+    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &to_a)).await;
+    let c = TestSft::start(&certs.federation_toml("c.example", "127.0.0.3", &to_a)).await;
 
     let a1 = Peer::join(&a, on("a.example", "fed", "a1", 1)).await;
     let a2 = Peer::join(&a, on("a.example", "fed", "a2", 2)).await;
@@ -53,7 +68,7 @@ async fn five_peers_on_three_sfts_see_and_hear_each_other() {
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "timed out waiting for {what}: heard {}, video slot {video}: {} packets; slots {:?}",
+                    "timed out waiting for {what}: heard {}, video slot {video}: {} packets; slots {:?}; CONFPART {:?}",
                     peer.heard(other.options.marker),
                     stats.packets,
                     peer.all_slot_stats()
@@ -63,7 +78,8 @@ async fn five_peers_on_three_sfts_see_and_hear_each_other() {
                             s.packets,
                             s.markers.iter().collect::<std::collections::BTreeSet<_>>()
                         ))
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>(),
+                    peer.confpart().map(|c| c["slots"].clone())
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
@@ -219,4 +235,67 @@ async fn relayed_in_2s(b: &TestSft) -> f64 {
     let start = b.metric(series).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     b.metric(series).await - start
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_demand_the_relay_brings_only_the_layers_watched_and_everyone_still_decodes() {
+    let _one = common::one_big_call_at_a_time().await;
+    let all = relayed_while_watching_h_then_l("all").await;
+    let demand = relayed_while_watching_h_then_l("demand").await;
+    eprintln!("relay bytes/s from a to b, watching h then l: all {all:?}, demand {demand:?}");
+    let (all_h, all_l) = all;
+    let (demand_h, demand_l) = demand;
+    assert!(all_l > 0.7 * all_h, "in `all` mode every layer crosses, whatever is watched: {all:?}");
+    assert!(demand_h < 0.9 * all_h, "`h` alone is less than all three layers: {demand:?} vs {all:?}");
+    assert!(demand_l < 0.5 * demand_h, "watching `l`, the relay brings less: {demand:?}");
+}
+
+/// Relay bytes per second from a to b in one call: `pa` on a publishes
+/// `l`/`m`/`h`, `pb` on b watches it at `h`, then asks for `l`; each decodes
+/// the other throughout.
+async fn relayed_while_watching_h_then_l(mode: &str) -> (f64, f64) {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let relay = format!("relay = \"{mode}\"\n");
+    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", &relay)).await;
+    let b_extra = format!("{relay}{}", peers_table(&[("a.example", &a)]));
+    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &b_extra)).await;
+    let conf = format!("watch-{mode}");
+    let one_slot = |options: PeerOptions| PeerOptions { audio_slots: 1, video_slots: 1, ..options };
+    let pa = Peer::join(&a, one_slot(on("a.example", &conf, "pa", 1))).await;
+    let pb = Peer::join(&b, one_slot(on("b.example", &conf, "pb", 2))).await;
+    let widths = |peer: &Peer, of: &str| peer.slot_stats(&peer.slot_mid_of(of, "video").unwrap()).keyframe_widths;
+    wait_for(&format!("{mode}: each to decode the other at h"), || {
+        pa.slot_mid_of("pb", "video").is_some_and(|_| widths(&pa, "pb").contains(&width_of("h")))
+            && pb.slot_mid_of("pa", "video").is_some_and(|_| widths(&pb, "pa").contains(&width_of("h")))
+    })
+    .await;
+    let watching_h = relayed_in_2s(&b).await / 2.0;
+
+    let low = json!([{"userid": "pa", "clientid": "pa-client", "quality": "low"}]);
+    let keyframes_before = widths(&pb, "pa").len();
+    pb.send(json!({"type": "REQSTREAMS", "streams": low})).await;
+    wait_for(&format!("{mode}: pb to get pa's `l`"), || widths(&pb, "pa")[keyframes_before..].contains(&width_of("l")))
+        .await;
+    let watching_l = relayed_in_2s(&b).await / 2.0;
+
+    // Both still decode: new video and audio from the other side.
+    let video = |peer: &Peer, of: &str| peer.slot_stats(&peer.slot_mid_of(of, "video").unwrap()).packets;
+    let counts = || (video(&pa, "pb"), video(&pb, "pa"), pa.heard(2), pb.heard(1));
+    let before = counts();
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let now = counts();
+        if now.0 > before.0 + 20 && now.1 > before.1 + 20 && now.2 > before.2 + 10 && now.3 > before.3 + 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{mode}: media both ways after the switch: (pa's video, pb's video, pa heard, pb heard) \
+             went from {before:?} to {now:?}; pa's CONFPART {:?}, pb's {:?}",
+            pa.confpart(),
+            pb.confpart()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (watching_h, watching_l)
 }

@@ -5,7 +5,7 @@
 //! are routed into a caller-owned buffer, and everything else (data channel
 //! messages, keyframe requests) is drained with [`Conference::poll_output`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use super::ids::{Identity, Layer, LinkId, MediaKind, Origin, ParticipantId, Slot
 use super::keyframe::KeyframeThrottle;
 use super::messages::{ParticipantInfo, ServerMessage, SlotInfo, SpeakerInfo, StreamRequest};
 use super::probing::ProbeSchedule;
+use super::relay_demand::{LayerRate, PublisherLayers, RelayLink, RelayMode, Subscription, LAYER_REPORT_INTERVAL};
 use super::rewrite::SlotRewriter;
 use super::selection::{assign_stable, choose_layer};
 use super::speakers::{SpeakerTracker, SILENCE, SPEAKING_LEVEL};
@@ -47,6 +48,8 @@ pub struct ConferenceConfig {
     pub upgrade_headroom_percent: u32,
     /// How often a receiver that gets less than it wishes is probed.
     pub probe_interval: Duration,
+    /// Whether relay links carry everything or what this side subscribes to.
+    pub relay: RelayMode,
 }
 
 impl Default for ConferenceConfig {
@@ -60,6 +63,7 @@ impl Default for ConferenceConfig {
             upgrade_hold: Duration::from_secs(2),
             upgrade_headroom_percent: 15,
             probe_interval: Duration::from_secs(2),
+            relay: RelayMode::All,
         }
     }
 }
@@ -139,6 +143,12 @@ pub enum Output {
     /// aim at what it asked for, not at layers it did not; briefly lowered
     /// to what it gets, to make str0m probe again (see [`super::probing`]).
     ProbeToward { receiver: ParticipantId, bits_per_second: u64 },
+    /// Ask the SFT at the other end of `link` for only these video layers
+    /// (`demand` mode; see [`super::relay_demand`]).
+    Subscribe { link: LinkId, streams: Vec<Subscription> },
+    /// Tell the SFT at the other end of `link`, which subscribes, what its
+    /// publishers' layers measure here.
+    ReportLayers { link: LinkId, publishers: Vec<PublisherLayers> },
 }
 
 #[derive(Debug)]
@@ -151,9 +161,10 @@ pub struct Conference {
     announced_speakers: Vec<ParticipantId>,
     next_tick: Option<Instant>,
     outputs: VecDeque<Output>,
-    /// Relay links attached to this conference, with when each was lost
-    /// (`None` while it is up).
-    links: BTreeMap<LinkId, Option<Instant>>,
+    /// Relay links attached to this conference.
+    links: BTreeMap<LinkId, RelayLink>,
+    /// When subscribed links are next told what the layers measure.
+    next_layer_report: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -169,6 +180,9 @@ struct Participant {
     layer_seen: [Option<Instant>; 3],
     /// What each published video layer, and the audio, measure.
     layer_rates: [BitrateMeter; 3],
+    /// What the SFT behind a relay link last reported each layer measures
+    /// there, and when (for layers this side may not be getting).
+    reported_rates: [Option<(u32, Instant)>; 3],
     audio_rate: BitrateMeter,
     /// The receiver's downlink estimate (bits/s), once the edge has one.
     estimate: Option<u32>,
@@ -214,6 +228,7 @@ impl Conference {
             next_tick: None,
             outputs: VecDeque::new(),
             links: BTreeMap::new(),
+            next_layer_report: None,
         }
     }
 
@@ -257,6 +272,7 @@ impl Conference {
             last_spoke: None,
             layer_seen: [None; 3],
             layer_rates: [BitrateMeter::default(); 3],
+            reported_rates: [None; 3],
             audio_rate: BitrateMeter::default(),
             estimate: None,
             allocation: Hysteresis::new(self.config.upgrade_hold, self.config.upgrade_headroom_percent),
@@ -301,22 +317,26 @@ impl Conference {
 
     /// A relay link joined this conference (or came back): it gets the roster.
     pub fn attach_link(&mut self, now: Instant, link: LinkId) {
-        self.links.insert(link, None);
+        self.links.entry(link).or_default().reattach();
         self.next_tick.get_or_insert(now + self.config.speaker_interval);
         self.send_roster(link);
+        self.refresh_subscriptions();
     }
 
     /// A relay link dropped; its participants stay for `link_timeout` in
     /// case it comes back.
     pub fn link_lost(&mut self, now: Instant, link: LinkId) {
-        if let Some(lost) = self.links.get_mut(&link) {
-            lost.get_or_insert(now);
+        if let Some(state) = self.links.get_mut(&link) {
+            state.lost.get_or_insert(now);
         }
+        // What that link's side wanted is no longer wanted from the others.
+        self.refresh_subscriptions();
     }
 
     /// A relay link left for good: its participants leave now.
     pub fn detach_link(&mut self, now: Instant, link: LinkId) {
         self.links.remove(&link);
+        self.refresh_subscriptions();
         let gone: Vec<ParticipantId> = self
             .participants
             .iter()
@@ -377,8 +397,8 @@ impl Conference {
             Origin::Local => None,
             Origin::Remote { link, .. } => Some(link),
         };
-        for (&link, lost) in &self.links {
-            if lost.is_none() && Some(link) != arrived_over {
+        for (&link, state) in &self.links {
+            if Some(link) != arrived_over && state.carries(source) {
                 out.links.push(link);
             }
         }
@@ -461,6 +481,46 @@ impl Conference {
         self.announce_changed_slots();
     }
 
+    /// The SFT behind `link` wants only these video layers of the
+    /// publishers it names (in this side's numbering); others get nothing
+    /// but their audio over it.
+    pub fn handle_subscription(&mut self, link: LinkId, streams: Vec<Subscription>) {
+        let participants = &self.participants;
+        let Some(state) = self.links.get_mut(&link) else {
+            return;
+        };
+        let allowed = streams.into_iter().filter_map(|s| {
+            let id = ParticipantId(s.publisher);
+            let publisher = participants.get(&id)?;
+            // Never back over the link a publisher came from.
+            let behind_link = matches!(publisher.origin, Origin::Remote { link: l, .. } if l == link);
+            let layers = s.layers.into_iter().filter(|l| publisher.video_layers.contains(l));
+            (!behind_link).then(|| layers.map(move |layer| (id, layer)))
+        });
+        state.subscribe(allowed.flatten());
+        // An anchor asks the publishers' own links for what this one wants.
+        self.refresh_subscriptions();
+    }
+
+    /// The SFT behind `link` says which layers of its publishers flow there,
+    /// and what they measure: layers this side does not get still count as
+    /// flowing and priced.
+    pub fn handle_layer_report(&mut self, now: Instant, link: LinkId, publishers: Vec<PublisherLayers>) {
+        for report in publishers {
+            let Some(id) = self.remote_participant(link, report.publisher) else { continue };
+            let publisher = self.participants.get_mut(&id).expect("found above");
+            for LayerRate { layer, bps } in report.layers {
+                if !publisher.video_layers.contains(&layer) {
+                    continue;
+                }
+                publisher.layer_seen[layer.index()] = Some(now);
+                if let Some(bps) = bps {
+                    publisher.reported_rates[layer.index()] = Some((bps, now));
+                }
+            }
+        }
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_tick
     }
@@ -478,6 +538,7 @@ impl Conference {
         self.reselect_all(now);
         self.rerequest_pending_keyframes(now);
         self.announce_changed_slots();
+        self.report_layers(now);
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -489,7 +550,7 @@ impl Conference {
         let expired: Vec<LinkId> = self
             .links
             .iter()
-            .filter(|(_, lost)| lost.is_some_and(|t| now.saturating_duration_since(t) >= timeout))
+            .filter(|(_, state)| state.lost.is_some_and(|t| now.saturating_duration_since(t) >= timeout))
             .map(|(link, _)| *link)
             .collect();
         for link in expired {
@@ -628,7 +689,7 @@ impl Conference {
             let Some((id, wanted)) = wishes[i] else { continue };
             let Some(publisher) = participants.get(&id) else { continue };
             let Some(flowing) = available(id) else { continue };
-            let rate = |layer: Layer| publisher.layer_rates[layer.index()].rate(now);
+            let rate = |layer: Layer| publisher.layer_rate(now, layer, timeout);
             // A layer not measured yet is not chosen, but for the lowest,
             // which costs nothing until it is: no `h` on a guess.
             let layers = flowing
@@ -753,6 +814,75 @@ impl Conference {
                 ServerMessage::ConfPart { seq: receiver.confpart_seq, participants: participants.clone(), slots };
             self.outputs.push_back(Output::Send { to: id, message });
         }
+        // Wherever slots may have changed, so may what the relay must bring.
+        self.refresh_subscriptions();
+    }
+
+    /// `demand` mode: subscribes every link to what this side uses of the
+    /// publishers behind it, when that changed.
+    fn refresh_subscriptions(&mut self) {
+        if self.config.relay != RelayMode::Demand {
+            return;
+        }
+        let up: Vec<LinkId> = self.links.iter().filter(|(_, l)| l.lost.is_none()).map(|(id, _)| *id).collect();
+        for link in up {
+            let wanted = self.wanted_over(link);
+            if let Some(streams) = self.links.get_mut(&link).and_then(|l| l.request(wanted)) {
+                self.outputs.push_back(Output::Subscribe { link, streams });
+            }
+        }
+    }
+
+    /// Of the publishers behind `link` (numbered as that side numbers them),
+    /// the layers some local slot carries or is switching to, and those
+    /// another link carries.
+    fn wanted_over(&self, link: LinkId) -> Vec<Subscription> {
+        let mut wanted: BTreeMap<u64, BTreeSet<Layer>> = BTreeMap::new();
+        let behind = |id: ParticipantId| match self.participants.get(&id)?.origin {
+            Origin::Remote { link: l, remote_id } if l == link => Some(remote_id),
+            _ => None,
+        };
+        let slots = self.participants.values().flat_map(|p| p.video_slots.iter());
+        for stream in slots.flat_map(|s| [s.rewriter.source(), s.target]).flatten() {
+            if let (Some(remote_id), Some(layer)) = (behind(stream.participant), stream.layer) {
+                wanted.entry(remote_id).or_default().insert(layer);
+            }
+        }
+        for (_, other) in self.links.iter().filter(|(l, _)| **l != link) {
+            for (&id, publisher) in &self.participants {
+                let Some(remote_id) = behind(id) else { continue };
+                for layer in other.wanted_layers(id, &publisher.video_layers) {
+                    wanted.entry(remote_id).or_default().insert(layer);
+                }
+            }
+        }
+        wanted
+            .into_iter()
+            .map(|(publisher, layers)| Subscription { publisher, layers: layers.into_iter().collect() })
+            .collect()
+    }
+
+    /// Tells each subscribed link, once a second, which layers of the
+    /// publishers it does not bring flow here and what they measure.
+    fn report_layers(&mut self, now: Instant) {
+        if self.next_layer_report.is_some_and(|next| now < next) {
+            return;
+        }
+        self.next_layer_report = Some(now + LAYER_REPORT_INTERVAL);
+        let timeout = self.config.layer_timeout;
+        let subscribed: Vec<LinkId> = self.links.iter().filter(|(_, l)| l.is_subscribed()).map(|(id, _)| *id).collect();
+        for link in subscribed {
+            let publishers = self
+                .participants
+                .iter()
+                .filter(|(_, p)| !matches!(p.origin, Origin::Remote { link: l, .. } if l == link))
+                .filter_map(|(id, p)| {
+                    let layers = p.flowing_layer_rates(now, timeout);
+                    (!layers.is_empty()).then_some(PublisherLayers { publisher: id.0, layers })
+                })
+                .collect();
+            self.outputs.push_back(Output::ReportLayers { link, publishers });
+        }
     }
 
     fn slot_infos(&self, receiver: ParticipantId) -> Vec<SlotInfo> {
@@ -809,17 +939,36 @@ impl Participant {
     /// when all layers stopped, every published layer counts, so slots keep
     /// their target and resume when video comes back.
     fn available_layers(&self, now: Instant, timeout: Duration) -> Vec<Layer> {
-        let flowing: Vec<Layer> = self
-            .video_layers
-            .iter()
-            .copied()
-            .filter(|l| self.layer_seen[l.index()].is_some_and(|seen| now.saturating_duration_since(seen) < timeout))
-            .collect();
+        let flowing: Vec<Layer> =
+            self.video_layers.iter().copied().filter(|&layer| self.is_flowing(layer, now, timeout)).collect();
         if flowing.is_empty() {
             self.video_layers.clone()
         } else {
             flowing
         }
+    }
+
+    /// What a layer measures: as the SFT behind its relay link last
+    /// reported it (which sees every layer), else as measured here.
+    fn layer_rate(&self, now: Instant, layer: Layer, timeout: Duration) -> Option<u32> {
+        let reported = self.reported_rates[layer.index()]
+            .filter(|(_, at)| now.saturating_duration_since(*at) < timeout)
+            .map(|(bps, _)| bps);
+        reported.or_else(|| self.layer_rates[layer.index()].rate(now))
+    }
+
+    /// Whether a packet of `layer` arrived (or was reported flowing) within `timeout`.
+    fn is_flowing(&self, layer: Layer, now: Instant, timeout: Duration) -> bool {
+        self.layer_seen[layer.index()].is_some_and(|seen| now.saturating_duration_since(seen) < timeout)
+    }
+
+    /// The layers that flow here, with what each measures.
+    fn flowing_layer_rates(&self, now: Instant, timeout: Duration) -> Vec<LayerRate> {
+        self.video_layers
+            .iter()
+            .filter(|&&layer| self.is_flowing(layer, now, timeout))
+            .map(|&layer| LayerRate { layer, bps: self.layer_rate(now, layer, timeout) })
+            .collect()
     }
 
     fn info(&self) -> ParticipantInfo {

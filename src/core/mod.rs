@@ -11,6 +11,7 @@ pub mod ids;
 pub mod keyframe;
 pub mod messages;
 pub mod probing;
+pub mod relay_demand;
 pub mod rewrite;
 pub mod selection;
 pub mod speakers;

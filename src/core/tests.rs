@@ -12,6 +12,7 @@ use super::conference::{
 };
 use super::ids::{Identity, Layer, LinkId, MediaKind, Origin, ParticipantId, SlotRef, StreamKey};
 use super::messages::{Quality, ServerMessage, StreamRequest};
+use super::relay_demand::{LayerRate, PublisherLayers, RelayMode, Subscription};
 
 fn spec(name: &str, layers: &[Layer], slots: usize) -> ParticipantSpec {
     ParticipantSpec {
@@ -36,8 +37,12 @@ struct Sim {
 
 impl Sim {
     fn new() -> Self {
+        Self::with_config(ConferenceConfig::default())
+    }
+
+    fn with_config(config: ConferenceConfig) -> Self {
         Self {
-            conf: Conference::new(ConferenceConfig::default()),
+            conf: Conference::new(config),
             now: Instant::now(),
             seqs: HashMap::new(),
             forwards: Vec::new(),
@@ -566,4 +571,173 @@ fn the_downlink_is_probed_toward_what_the_wishes_cost_and_no_further() {
     let sent = sim.outputs.iter().filter(|o| matches!(o, Output::ProbeToward { .. })).count();
     traffic(&mut sim, &[1, 2], Duration::from_secs(2));
     assert_eq!(sim.outputs.iter().filter(|o| matches!(o, Output::ProbeToward { .. })).count(), sent);
+}
+
+/// A conference in `demand` mode with link `b` attached, which brings `bob`
+/// (publishing all three layers; numbered 7 there).
+fn demand_with_bob() -> (Sim, LinkId, ParticipantId) {
+    let mut sim = Sim::with_config(ConferenceConfig { relay: RelayMode::Demand, ..ConferenceConfig::default() });
+    let b = LinkId(1);
+    sim.conf.attach_link(sim.now, b);
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(7, "bob", "b.example")], || ParticipantId(50));
+    sim.drain();
+    (sim, b, ParticipantId(50))
+}
+
+impl Sim {
+    /// The newest subscription sent over `link`, as (publisher, layers).
+    fn subscription(&self, link: LinkId) -> Option<Vec<(u64, Vec<Layer>)>> {
+        self.outputs.iter().rev().find_map(|o| match o {
+            Output::Subscribe { link: l, streams } if *l == link => {
+                Some(streams.iter().map(|s| (s.publisher, s.layers.clone())).collect())
+            }
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn in_demand_mode_a_link_is_asked_for_what_local_slots_carry_and_switch_to() {
+    use Layer::*;
+    let (mut sim, b, bob) = demand_with_bob();
+    assert_eq!(sim.subscription(b), Some(Vec::new()), "nobody here receives video yet");
+    sim.join(1, spec("r", &[], 1));
+    assert_eq!(sim.subscription(b), Some(vec![(7, vec![High])]), "the slot's target");
+    sim.send(StreamKey::video(bob, High), true, None);
+    // b says all three flow there, so `l` can be chosen though it does not arrive.
+    let layers = SIMULCAST.iter().map(|&layer| LayerRate { layer, bps: None }).collect();
+    sim.conf.handle_layer_report(sim.now, b, vec![PublisherLayers { publisher: 7, layers }]);
+    let ask_low = StreamRequest { userid: "bob".into(), clientid: "c".into(), domain: None, quality: Quality::Low };
+    sim.conf.handle_request_streams(sim.now, ParticipantId(1), vec![ask_low]);
+    sim.drain();
+    assert_eq!(sim.subscription(b), Some(vec![(7, vec![Low, High])]), "h stays until l's keyframe");
+    sim.send(StreamKey::video(bob, Low), false, None);
+    assert_eq!(sim.subscription(b), Some(vec![(7, vec![Low, High])]));
+    sim.send(StreamKey::video(bob, Low), true, None);
+    assert_eq!(sim.subscription(b), Some(vec![(7, vec![Low])]), "switched: h let go");
+    let sent = sim.outputs.iter().filter(|o| matches!(o, Output::Subscribe { .. })).count();
+    traffic_from(&mut sim, bob, Duration::from_secs(1));
+    assert_eq!(sim.outputs.iter().filter(|o| matches!(o, Output::Subscribe { .. })).count(), sent, "no repeats");
+    // The link returns: the subscription is sent again.
+    sim.conf.link_lost(sim.now, b);
+    sim.conf.attach_link(sim.now, b);
+    sim.drain();
+    assert_eq!(sim.outputs.iter().filter(|o| matches!(o, Output::Subscribe { .. })).count(), sent + 1);
+    assert_eq!(sim.subscription(b), Some(vec![(7, vec![Low])]));
+}
+
+#[test]
+fn all_mode_never_subscribes_and_a_link_that_never_subscribed_gets_everything() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("r", &SIMULCAST, 1));
+    let b = LinkId(1);
+    sim.conf.attach_link(sim.now, b);
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(7, "bob", "b.example")], || ParticipantId(50));
+    traffic_from(&mut sim, ParticipantId(1), Duration::from_secs(1));
+    assert!(!sim.outputs.iter().any(|o| matches!(o, Output::Subscribe { .. } | Output::ReportLayers { .. })));
+    sim.links.clear();
+    for layer in SIMULCAST {
+        sim.send(StreamKey::video(ParticipantId(1), layer), false, None);
+    }
+    assert_eq!(sim.links, vec![b, b, b]);
+}
+
+/// Every layer and the audio of `publisher`, every 10 ms, for `duration`.
+fn traffic_from(sim: &mut Sim, publisher: ParticipantId, duration: Duration) {
+    for tick in 0..duration.as_millis() / 10 {
+        for (layer, bytes) in LAYER_BYTES {
+            sim.send_sized(StreamKey::video(publisher, layer), tick % 50 == 0, None, bytes);
+        }
+        sim.send_sized(StreamKey::audio(publisher), false, Some(40), 50);
+        sim.advance(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_subscribed_link_gets_its_layers_and_all_audio_and_is_told_what_every_layer_measures() {
+    use Layer::*;
+    let (mut sim, b, bob) = demand_with_bob();
+    sim.join(1, spec("local", &SIMULCAST, 1));
+    let local = ParticipantId(1);
+    // b wants the local publisher's `m`, names bob (who is its own) and a stranger: both ignored.
+    let streams = vec![
+        Subscription { publisher: 1, layers: vec![Medium] },
+        Subscription { publisher: bob.0, layers: vec![Low] },
+        Subscription { publisher: 999, layers: vec![Low] },
+    ];
+    sim.conf.handle_subscription(b, streams);
+    sim.links.clear();
+    for layer in SIMULCAST {
+        sim.send(StreamKey::video(local, layer), false, None);
+    }
+    sim.send(StreamKey::audio(local), false, Some(30));
+    assert_eq!(sim.links, vec![b, b], "m and the audio");
+
+    traffic_from(&mut sim, local, Duration::from_millis(2500));
+    let report = sim.outputs.iter().rev().find_map(|o| match o {
+        Output::ReportLayers { link, publishers } if *link == b => Some(publishers.clone()),
+        _ => None,
+    });
+    let report = report.expect("a subscribed link is told what the layers measure");
+    assert_eq!(report.len(), 1, "only the local publisher, not bob: {report:?}");
+    let rates: Vec<(Layer, u32)> = report[0].layers.iter().map(|l| (l.layer, l.bps.unwrap())).collect();
+    let near = |bps: u32, expected: u32| bps.abs_diff(expected) < expected / 10;
+    assert_eq!(rates.iter().map(|(l, _)| *l).collect::<Vec<_>>(), SIMULCAST.to_vec());
+    assert!(near(rates[0].1, 124_800) && near(rates[2].1, 844_800), "{rates:?}");
+}
+
+#[test]
+fn an_anchor_asks_a_publishers_link_for_what_its_other_links_want() {
+    use Layer::*;
+    let (mut sim, b, bob) = demand_with_bob();
+    assert_eq!(sim.subscription(b), Some(Vec::new()), "nobody wants bob's video yet");
+    // c has not subscribed: it gets everything, so b is asked for everything.
+    let c = LinkId(2);
+    sim.conf.attach_link(sim.now, c);
+    sim.drain();
+    assert_eq!(sim.subscription(b), Some(vec![(7, SIMULCAST.to_vec())]));
+    sim.conf.handle_subscription(c, vec![Subscription { publisher: bob.0, layers: vec![Medium] }]);
+    sim.drain();
+    assert_eq!(sim.subscription(b), Some(vec![(7, vec![Medium])]));
+    sim.links.clear();
+    sim.send(StreamKey::video(bob, Medium), false, None);
+    sim.send(StreamKey::video(bob, High), false, None);
+    assert_eq!(sim.links, vec![c], "m crosses to c, h goes nowhere");
+    // c goes quiet: nothing of bob's video is wanted any more.
+    sim.conf.link_lost(sim.now, c);
+    sim.drain();
+    assert_eq!(sim.subscription(b), Some(Vec::new()));
+}
+
+#[test]
+fn reported_layers_count_as_flowing_and_priced_though_they_do_not_arrive() {
+    use Layer::*;
+    let (mut sim, b, bob) = demand_with_bob();
+    sim.join(1, spec("r", &[], 1));
+    let report = |bps: [u32; 3]| {
+        let layers = SIMULCAST.iter().zip(bps).map(|(&layer, bps)| LayerRate { layer, bps: Some(bps) }).collect();
+        vec![PublisherLayers { publisher: 7, layers }]
+    };
+    // Only `l` arrives; without a report `m` and `h` would count as stopped.
+    let only_low = |sim: &mut Sim, duration: Duration| {
+        for tick in 0..duration.as_millis() / 10 {
+            sim.send_sized(StreamKey::video(bob, Low), tick % 50 == 0, None, 100);
+            if tick % 100 == 0 {
+                sim.conf.handle_layer_report(sim.now, b, report([125_000, 285_000, 845_000]));
+            }
+            sim.advance(Duration::from_millis(10));
+        }
+    };
+    sim.conf.set_receiver_estimate(sim.now, ParticipantId(1), 400_000);
+    only_low(&mut sim, Duration::from_secs(4));
+    // 400 kbit/s pays for the reported `m` (285 + 15 %), not `h`.
+    let medium = StreamKey::video(bob, Medium);
+    assert_eq!(sim.subscription(b), Some(vec![(7, vec![Low, Medium])]), "m asked for, l kept until m's keyframe");
+    assert!(sim.keyframe_requests().contains(&medium));
+    // Without reports the layers stop counting once the layer timeout passes.
+    for tick in 0..300 {
+        sim.send_sized(StreamKey::video(bob, Low), tick % 50 == 0, None, 100);
+        sim.advance(Duration::from_millis(10));
+    }
+    assert_eq!(sim.subscription(b), Some(vec![(7, vec![Low])]));
 }

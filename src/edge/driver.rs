@@ -21,6 +21,7 @@ use crate::core::conference::{
 use crate::core::ids::{ConfId, ConferenceKey, Layer, LinkId, MediaKind, Origin, ParticipantId, SlotRef, StreamKey};
 use crate::core::keyframe::is_vp8_keyframe;
 use crate::core::messages::ClientMessage;
+use crate::core::relay_demand::RelayMode;
 use crate::federation::framing::{Control, MediaFrame};
 use crate::metrics::{DropReason, Metrics};
 
@@ -96,6 +97,7 @@ impl Driver {
                 .federation
                 .as_ref()
                 .map_or(ConferenceConfig::default().link_timeout, |f| f.link_timeout),
+            relay: config.federation.as_ref().map_or(RelayMode::All, |f| f.relay),
             ..ConferenceConfig::default()
         };
         Self {
@@ -609,6 +611,19 @@ impl Driver {
                     StreamKey { participant: publisher, kind: MediaKind::Video, layer: layer.or(Some(Layer::High)) };
                 self.request_keyframe(number, stream);
             }
+            Control::Subscribe { channel, streams } => {
+                let Some(number) = self.channels.conference(link, channel) else { return };
+                if let Some(conference) = self.conferences.get_mut(&number) {
+                    conference.handle_subscription(link, streams);
+                }
+                self.drain_conference(number);
+            }
+            Control::Layers { channel, publishers } => {
+                let Some(number) = self.channels.conference(link, channel) else { return };
+                if let Some(conference) = self.conferences.get_mut(&number) {
+                    conference.handle_layer_report(now, link, publishers);
+                }
+            }
             Control::Hello { .. } => {}
         }
     }
@@ -700,11 +715,23 @@ impl Driver {
                     }
                 }
                 CoreOutput::Roster { link, participants } => {
-                    if let (Some(channel), Some(l)) = (self.channels.channel(number, link), self.links.get(&link)) {
-                        l.send_control(Control::Roster { channel, participants });
-                    }
+                    self.send_control(number, link, |channel| Control::Roster { channel, participants });
+                }
+                CoreOutput::Subscribe { link, streams } => {
+                    self.send_control(number, link, |channel| Control::Subscribe { channel, streams });
+                }
+                CoreOutput::ReportLayers { link, publishers } => {
+                    self.send_control(number, link, |channel| Control::Layers { channel, publishers });
                 }
             }
+        }
+    }
+
+    /// Sends a control message about conference `number` over `link`, on
+    /// the channel it travels on there.
+    fn send_control(&self, number: u64, link: LinkId, message: impl FnOnce(u32) -> Control) {
+        if let (Some(channel), Some(l)) = (self.channels.channel(number, link), self.links.get(&link)) {
+            l.send_control(message(channel));
         }
     }
 

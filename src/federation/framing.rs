@@ -28,6 +28,7 @@ use thiserror::Error;
 
 use crate::core::conference::RosterEntry;
 use crate::core::ids::{Layer, MediaKind};
+use crate::core::relay_demand::{PublisherLayers, Subscription};
 
 pub const ALPN: &[u8] = b"sft-relay/1";
 const MEDIA: u8 = 0x01;
@@ -162,6 +163,12 @@ pub enum Control {
     /// Either way: ask the publisher `publisher` (sender's numbering is the
     /// receiver's roster id) for a keyframe of `layer`.
     Keyframe { channel: u32, publisher: u64, layer: Option<Layer> },
+    /// Either way, from an SFT in `demand` mode: send only these video layers
+    /// (publishers in the receiver's numbering); audio always.
+    Subscribe { channel: u32, streams: Vec<Subscription> },
+    /// Either way, to a link that subscribed: the sender's publishers'
+    /// flowing layers and what they measure (bits/s).
+    Layers { channel: u32, publishers: Vec<PublisherLayers> },
 }
 
 /// Length-prefixes an encoded control message.
@@ -249,5 +256,18 @@ mod tests {
         let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
         assert_eq!(len, bytes.len() - 4);
         assert_eq!(serde_json::from_slice::<Control>(&bytes[4..]).unwrap(), message);
+    }
+
+    #[test]
+    fn subscriptions_and_layer_reports_read_as_documented() {
+        let subscribe = r#"{"type":"subscribe","channel":2,"streams":[{"publisher":5,"layers":["l","h"]}]}"#;
+        let Ok(Control::Subscribe { channel: 2, streams }) = serde_json::from_str(subscribe) else { panic!() };
+        assert_eq!(streams, vec![Subscription { publisher: 5, layers: vec![Layer::Low, Layer::High] }]);
+        let layers = r#"{"type":"layers","channel":2,"publishers":[{"publisher":5,"layers":[{"layer":"m","bps":300000},{"layer":"h"}]}]}"#;
+        let Ok(Control::Layers { publishers, .. }) = serde_json::from_str(layers) else { panic!() };
+        let rates: Vec<_> = publishers[0].layers.iter().map(|l| (l.layer, l.bps)).collect();
+        assert_eq!(rates, vec![(Layer::Medium, Some(300_000)), (Layer::High, None)]);
+        let bad = r#"{"type":"subscribe","channel":2,"streams":[{"publisher":5,"layers":["x"]}]}"#;
+        assert!(serde_json::from_str::<Control>(bad).is_err());
     }
 }

@@ -32,6 +32,14 @@ use webrtc::rtp::extension::HeaderExtension;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
+/// For tests whose calls are big enough that two at once starve the CPU of
+/// this 2-core machine, which bandwidth estimates read as congestion: one
+/// such call at a time within a test binary.
+pub async fn one_big_call_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static CALLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    CALLS.lock().await
+}
+
 /// Both rustls backends are in the test build (aws-lc-rs from sft, ring from
 /// webrtc-rs), so rustls cannot pick one by itself: the tests pick sft's.
 pub fn install_crypto_provider() {
