@@ -101,7 +101,7 @@ async fn relay_outage_heals_without_rejoining_and_a_vanished_sft_leaves() {
     let certs = Certs::new(&["a.example", "b.example"]);
     // b reaches a's relay only through a proxy the test can cut.
     let relay_port = free_udp_port();
-    let proxy = common::proxy::UdpProxy::start(format!("127.0.0.1:{relay_port}").parse().unwrap()).await;
+    let proxy = common::proxy::udp_proxy(format!("127.0.0.1:{relay_port}").parse().unwrap()).await;
     let a_extra = format!("relay_public = \"{}\"\n", proxy.addr);
     let a_toml = certs
         .federation_toml("a.example", "127.0.0.1", &a_extra)
@@ -139,7 +139,7 @@ async fn relay_outage_heals_without_rejoining_and_a_vanished_sft_leaves() {
 async fn a_new_relay_connection_after_the_old_one_died_resumes_media_without_rejoining() {
     let certs = Certs::new(&["a.example", "b.example"]);
     let relay_port = free_udp_port();
-    let proxy = common::proxy::UdpProxy::start(format!("127.0.0.1:{relay_port}").parse().unwrap()).await;
+    let proxy = common::proxy::udp_proxy(format!("127.0.0.1:{relay_port}").parse().unwrap()).await;
     // Participants outlive the dead connection (link_timeout 30 s), so what
     // heals here is the redial, not a rejoin.
     let patient = |toml: String| toml.replace("link_timeout = 3", "link_timeout = 30");

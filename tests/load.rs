@@ -27,6 +27,7 @@ fn assert_everyone_heard_everyone(report: &Value, peers: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_join_hear_each_other_and_lose_nothing() {
+    let _one = common::one_big_call_at_a_time().await;
     let sft = TestSft::start("").await;
     let args = [
         "--sft".into(),
@@ -63,6 +64,7 @@ async fn three_participants_join_hear_each_other_and_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conference_spread_over_two_federated_sfts() {
+    let _one = common::one_big_call_at_a_time().await;
     let certs = Certs::new(&["a.example", "b.example"]);
     let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;
     let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &peers_table(&[("a.example", &a)]))).await;
@@ -97,9 +99,67 @@ fn plans_beyond_the_bounds_are_refused_with_exit_2() {
         &["--sft", "http://192.0.2.1:8585"],
         &["--duration", "NaN"],
         &["--video-kbps", "5"],
+        &["--loss", "101"],
+        &["--participants", "2", "--impaired", "3"],
     ] {
         let output = std::process::Command::new(SFT_LOAD).args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&output.stderr).starts_with("sft-load: "), "{args:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impaired_receivers_get_less_and_the_report_shows_their_layers_each_second() {
+    let _one = common::one_big_call_at_a_time().await;
+    let sft = TestSft::start("").await;
+    let args: Vec<String> = [
+        "--sft",
+        &sft.url(""),
+        "--participants",
+        "4",
+        "--simulcast",
+        "--video-kbps",
+        "500",
+        "--duration",
+        "12",
+        "--receiver-kbps",
+        "300",
+        "--loss",
+        "5",
+        "--delay",
+        "20",
+        "--impaired",
+        "1",
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    let report = sft_load(&args).await;
+    assert_eq!(report["joined"], 4, "{report:#}");
+    assert_eq!(report["impairment"]["receiver_kbps"], 300, "{report:#}");
+    let peers = report["per_peer"].as_array().unwrap();
+    let (impaired, others): (Vec<&Value>, Vec<&Value>) = peers.iter().partition(|p| p["impaired"] == true);
+    assert_eq!(impaired.len(), 1, "the last participant: {report:#}");
+    let impaired = impaired[0];
+    assert_eq!(impaired["userid"], "load-0-3");
+    // The cap holds, and 5 % of what passes it is lost on the way.
+    assert!(impaired["receive_kbps"].as_f64().unwrap() < 300.0, "{impaired:#}");
+    let loss = impaired["lost"].as_f64().unwrap() / (impaired["packets"].as_f64().unwrap() + 1.0);
+    assert!(loss > 0.02, "{impaired:#}");
+    // A string per second, a character per video slot that received anything.
+    let seconds = |peer: &Value| -> Vec<String> {
+        peer["layers_over_time"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+    };
+    for peer in peers {
+        let per_second = seconds(peer);
+        assert!((11..=13).contains(&per_second.len()), "{peer:#}");
+        assert!(per_second.iter().flat_map(|s| s.chars()).all(|c| "lmh-?".contains(c)), "{peer:#}");
+    }
+    // Unimpaired receivers reach the top layer; the capped one never gets
+    // it, for its three `h` would need five times its cap.
+    for peer in &others {
+        assert!(seconds(peer).iter().any(|s| s.contains('h')), "{peer:#}");
+        assert_eq!(peer["lost"], 0, "{peer:#}");
+    }
+    assert!(seconds(impaired).iter().all(|s| !s.contains('h')), "{impaired:#}");
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use sft::load::impair::Impairment;
 use sft::load::run::{self, LoadPlan, Progress};
 use sft::load::usage::Probe;
 
@@ -48,6 +49,20 @@ struct Args {
     /// Read an SFT's CPU and memory from its /metrics URL (repeatable).
     #[arg(long = "sft-metrics")]
     sft_metrics: Vec<String>,
+    /// Cap what the SFT sends each impaired peer at this rate (a bottleneck
+    /// with a 200 ms queue), to watch its layers adapt.
+    #[arg(long)]
+    receiver_kbps: Option<u64>,
+    /// Lose this share (percent) of what the SFT sends each impaired peer, at random.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Delay what the SFT sends each impaired peer by this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay: u64,
+    /// How many participants per conference (the last ones) the impairments
+    /// apply to (default: all).
+    #[arg(long)]
+    impaired: Option<usize>,
     /// Print the report as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
@@ -55,6 +70,12 @@ struct Args {
 
 fn seconds(value: f64, name: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value).map_err(|_| format!("--{name} must be a number of seconds, not {value}"))
+}
+
+fn impairment(args: &Args) -> Option<Impairment> {
+    let impairment =
+        Impairment { rate_kbps: args.receiver_kbps, loss_percent: args.loss, delay: Duration::from_millis(args.delay) };
+    (impairment != Impairment::default()).then_some(impairment)
 }
 
 fn plan(args: &Args) -> Result<LoadPlan, String> {
@@ -72,6 +93,8 @@ fn plan(args: &Args) -> Result<LoadPlan, String> {
         ramp: seconds(args.ramp, "ramp")?,
         slots: args.slots,
         probes,
+        impairment: impairment(args),
+        impaired: args.impaired.unwrap_or(args.participants),
     })
 }
 

@@ -404,6 +404,7 @@ impl Driver {
         let Some(client) = self.clients.get_mut(&id) else { return };
         let Some((source, bits)) = client.downlink.update(kind) else { return };
         self.metrics.receiver_estimate(source, u64::from(bits));
+        tracing::trace!(participant = %id, bits, ?source, "downlink estimate");
         let number = client.conference_number;
         if let Some(conference) = self.conferences.get_mut(&number) {
             conference.set_receiver_estimate(now, id, bits);

@@ -3,6 +3,7 @@
 //! publish tagged media and measure what comes back. Built with the `load`
 //! feature; the integration tests use the same peers.
 
+pub mod impair;
 pub mod peer;
 pub mod report;
 pub mod rtc;

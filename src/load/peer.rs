@@ -14,6 +14,7 @@ use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndicat
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
+use super::impair::{ImpairedPath, Impairment};
 use super::rtc::{self, VideoTrack};
 use super::stats::{ReceiveStats, Received};
 use super::synthetic::{self, Tag};
@@ -44,6 +45,8 @@ pub struct PeerPlan {
     pub video_kbps: u32,
     pub audio_slots: usize,
     pub video_slots: usize,
+    /// What the network does to the SFT-to-peer direction; `None`: nothing.
+    pub impairment: Option<Impairment>,
 }
 
 /// A joined peer.
@@ -53,6 +56,8 @@ pub struct LoadPeer {
     pub stats: Arc<Mutex<ReceiveStats>>,
     pub join_latency: Duration,
     publishing: Arc<AtomicBool>,
+    /// Between the peer and the SFT, when the plan impairs it.
+    _path: Option<ImpairedPath>,
 }
 
 impl LoadPeer {
@@ -88,6 +93,15 @@ impl LoadPeer {
         let answer = tokio::time::timeout(JOIN_TIMEOUT, setup(http, &plan, &sdp))
             .await
             .map_err(|_| LoadError::Join(plan.userid.clone(), "no SETUP answer".into()))??;
+        let (answer, path) = match plan.impairment {
+            Some(impairment) => {
+                let (answer, path) = through_impaired_path(&answer, impairment)
+                    .await
+                    .map_err(|why| LoadError::Join(plan.userid.clone(), why))?;
+                (answer, Some(path))
+            }
+            None => (answer, None),
+        };
         pc.set_remote_description(RTCSessionDescription::answer(answer)?).await?;
         tokio::time::timeout(JOIN_TIMEOUT.saturating_sub(started.elapsed()), opened)
             .await
@@ -111,7 +125,7 @@ impl LoadPeer {
             let layers = Layers { tracks, video_kbps: plan.video_kbps };
             tokio::spawn(publish_video(layers, plan.sender, epoch, keyframe_wanted, publishing.clone()));
         }
-        Ok(Self { plan, pc, stats, join_latency, publishing })
+        Ok(Self { plan, pc, stats, join_latency, publishing, _path: path })
     }
 
     pub async fn close(&self) {
@@ -150,6 +164,23 @@ async fn setup(http: &reqwest::Client, plan: &PeerPlan, sdp: &str) -> Result<Str
     answer["props"]["sdp"].as_str().map(str::to_owned).ok_or_else(|| fail(format!("{url}: no SDP in {answer}")))
 }
 
+/// Starts an impaired path to the SFT's media address (the candidates of
+/// its answer) and returns the answer with the candidates pointing at it.
+async fn through_impaired_path(answer: &str, impairment: Impairment) -> Result<(String, ImpairedPath), String> {
+    let candidate = answer
+        .lines()
+        .filter_map(|line| line.strip_prefix("a=candidate:"))
+        .map(|c| c.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.len() >= 6 && fields[2].eq_ignore_ascii_case("udp"))
+        .ok_or("the answer has no UDP candidate")?;
+    let (ip, port) = (candidate[4], candidate[5]);
+    let media: std::net::SocketAddr =
+        format!("{ip}:{port}").parse().map_err(|_| format!("candidate address {ip} {port} is not IP:port"))?;
+    let path = ImpairedPath::start(media, impairment).await.map_err(|e| format!("impaired path to {media}: {e}"))?;
+    let (real, impaired) = (format!(" {ip} {port} typ "), format!(" {} {} typ ", path.addr.ip(), path.addr.port()));
+    Ok((answer.replace(&real, &impaired), path))
+}
+
 fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
 }
@@ -168,6 +199,7 @@ fn record_received(pc: &RTCPeerConnection, stats: Arc<Mutex<ReceiveStats>>, epoc
                     marker: packet.header.marker,
                     video,
                     payload_len: packet.payload.len(),
+                    keyframe_width: video.then(|| synthetic::keyframe_width(&packet.payload)).flatten(),
                     tagged,
                 };
                 stats.lock().expect("stats lock").record(&received);
@@ -198,14 +230,20 @@ struct Layers {
     video_kbps: u32,
 }
 
+/// Each published layer's rid, picture size and share of `--video-kbps`
+/// (as a divisor); a stream without simulcast is shaped like `h`.
+const LAYER_SHAPES: [(&str, u16, u16, usize); 3] = [("l", 320, 180, 16), ("m", 640, 360, 4), ("h", 1280, 720, 1)];
+
+/// The rid of the layer whose keyframes name `width`, or `?`.
+pub fn layer_of_width(width: u16) -> &'static str {
+    LAYER_SHAPES.iter().find(|(_, w, _, _)| *w == width).map_or("?", |(rid, _, _, _)| rid)
+}
+
 impl Layers {
     /// Picture size and frame bytes of a layer; keyframes are 3× larger.
     fn shape(&self, rid: &str, keyframe: bool) -> (u16, u16, usize) {
-        let (width, height, divisor) = match rid {
-            "l" => (320, 180, 16),
-            "m" => (640, 360, 4),
-            _ => (1280, 720, 1),
-        };
+        let (_, width, height, divisor) =
+            LAYER_SHAPES.iter().copied().find(|(r, ..)| *r == rid).unwrap_or(LAYER_SHAPES[2]);
         let frames_per_second = 1000 / FRAME_INTERVAL.as_millis() as usize;
         let bytes = self.video_kbps as usize * 1000 / 8 / divisor / frames_per_second;
         (width, height, if keyframe { bytes * 3 } else { bytes })

@@ -10,6 +10,9 @@ use super::run::LoadPlan;
 use super::stats::{percentile, Totals};
 use crate::process::Usage;
 
+/// Peers whose layers over time the table shows.
+const LAYER_ROWS: usize = 12;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub sfts: Vec<String>,
@@ -18,6 +21,8 @@ pub struct Report {
     pub publishers: usize,
     pub simulcast: bool,
     pub video_kbps: u32,
+    /// The impairment of the SFT-to-peer direction, when there is one.
+    pub impairment: Option<ImpairmentReport>,
     pub window_seconds: f64,
     pub peers: usize,
     pub joined: usize,
@@ -36,6 +41,15 @@ pub struct Report {
     pub peers_fully_served: usize,
     pub sft_usage: Vec<SftUsage>,
     pub per_peer: Vec<PeerReport>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ImpairmentReport {
+    pub receiver_kbps: Option<u64>,
+    pub loss_percent: f64,
+    pub delay_ms: f64,
+    /// Impaired participants per conference (the last ones).
+    pub impaired: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -66,17 +80,26 @@ pub struct PeerReport {
     pub lost: u64,
     pub receive_kbps: f64,
     pub video_fps: f64,
+    /// Whether the network to this peer was impaired.
+    pub impaired: bool,
+    /// A string per second of the window, a character per video slot: the
+    /// layer it received (`l`, `m`, `h`), `-` for nothing, `?` for unknown.
+    pub layers_over_time: Vec<String>,
+}
+
+/// What one peer received over the window.
+pub struct Received {
+    /// Distinct other publishers of its conference it heard.
+    pub heard_from: usize,
+    /// How many it should hear.
+    pub expected_from: usize,
+    pub totals: Totals,
+    pub layers_over_time: Vec<String>,
 }
 
 impl PeerReport {
-    pub fn new(
-        plan: &PeerPlan,
-        join: Duration,
-        heard_from: usize,
-        expected_from: usize,
-        totals: Totals,
-        window: Duration,
-    ) -> Self {
+    pub fn new(plan: &PeerPlan, join: Duration, received: Received, window: Duration) -> Self {
+        let Received { heard_from, expected_from, totals, layers_over_time } = received;
         let seconds = window.as_secs_f64().max(f64::EPSILON);
         Self {
             userid: plan.userid.clone(),
@@ -89,6 +112,8 @@ impl PeerReport {
             lost: totals.lost(),
             receive_kbps: totals.bytes as f64 * 8.0 / 1000.0 / seconds,
             video_fps: totals.video_frames as f64 / seconds,
+            impaired: plan.impairment.is_some(),
+            layers_over_time,
         }
     }
 }
@@ -154,6 +179,12 @@ impl Report {
             publishers: plan.publishers,
             simulcast: plan.simulcast,
             video_kbps: plan.video_kbps,
+            impairment: plan.impairment.map(|i| ImpairmentReport {
+                receiver_kbps: i.rate_kbps,
+                loss_percent: i.loss_percent,
+                delay_ms: i.delay.as_secs_f64() * 1000.0,
+                impaired: plan.impaired,
+            }),
             window_seconds: seconds,
             peers: run.peers,
             joined: per_peer.len(),
@@ -216,6 +247,33 @@ impl Report {
         for failure in &self.failures {
             let _ = writeln!(out, "  failed: {failure}");
         }
+        self.write_layers_over_time(&mut out);
         out
+    }
+
+    /// The layers each receiver got, second by second: the impaired peers,
+    /// then as many others as fit in [`LAYER_ROWS`].
+    fn write_layers_over_time(&self, out: &mut String) {
+        if self.per_peer.iter().all(|p| p.layers_over_time.iter().all(String::is_empty)) {
+            return;
+        }
+        if let Some(i) = &self.impairment {
+            let cap = i.receiver_kbps.map_or("no cap".into(), |kbps| format!("{kbps} kbit/s"));
+            let _ = writeln!(
+                out,
+                "  impaired: the last {} per conference: {cap}, {} % loss, {:.0} ms delay",
+                i.impaired, i.loss_percent, i.delay_ms
+            );
+        }
+        let _ = writeln!(out, "  video layers per second (a column per slot: l/m/h, - nothing received):");
+        let mut rows: Vec<&PeerReport> = self.per_peer.iter().filter(|p| p.impaired).collect();
+        rows.extend(self.per_peer.iter().filter(|p| !p.impaired));
+        for peer in rows.iter().take(LAYER_ROWS) {
+            let mark = if peer.impaired { " (impaired)" } else { "" };
+            let _ = writeln!(out, "  {:<24} {}", format!("{}{mark}", peer.userid), peer.layers_over_time.join(" "));
+        }
+        if rows.len() > LAYER_ROWS {
+            let _ = writeln!(out, "  … {} more peers in --json", rows.len() - LAYER_ROWS);
+        }
     }
 }

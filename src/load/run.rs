@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::peer::{LoadPeer, PeerPlan};
-use super::report::{PeerReport, Report, RunWindow};
-use super::stats::Totals;
+use super::impair::Impairment;
+use super::peer::{layer_of_width, LoadPeer, PeerPlan};
+use super::report::{PeerReport, Received, Report, RunWindow};
+use super::stats::{Totals, VideoSlot};
 use super::usage::Probe;
 use super::LoadError;
 use crate::process::Usage;
@@ -15,6 +16,7 @@ use crate::process::Usage;
 pub const MAX_PEERS: usize = 1000;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 pub const MAX_RAMP: Duration = Duration::from_secs(600);
+pub const MAX_DELAY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
@@ -33,6 +35,10 @@ pub struct LoadPlan {
     pub ramp: Duration,
     pub slots: usize,
     pub probes: Vec<Probe>,
+    /// What the network does between the SFT and the impaired peers.
+    pub impairment: Option<Impairment>,
+    /// Per conference, how many participants (the last ones) are impaired.
+    pub impaired: usize,
 }
 
 impl LoadPlan {
@@ -56,6 +62,20 @@ impl LoadPlan {
         }
         if !(16..=50_000).contains(&self.video_kbps) {
             return fail("video kbps must be 16..=50000");
+        }
+        if let Some(impairment) = &self.impairment {
+            if impairment.rate_kbps.is_some_and(|kbps| !(16..=10_000_000).contains(&kbps)) {
+                return fail("receiver kbps must be 16..=10000000");
+            }
+            if !(0.0..=100.0).contains(&impairment.loss_percent) {
+                return fail("loss must be 0..=100 percent");
+            }
+            if impairment.delay > MAX_DELAY {
+                return fail(&format!("delay must be at most {MAX_DELAY:?}"));
+            }
+        }
+        if self.impaired > self.participants {
+            return fail("more impaired participants than participants");
         }
         for url in &self.sfts {
             if !loopback_url(url) {
@@ -81,6 +101,7 @@ impl LoadPlan {
                     video_kbps: self.video_kbps,
                     audio_slots: self.slots,
                     video_slots: self.slots,
+                    impairment: self.impairment.filter(|_| participant >= self.participants - self.impaired),
                 });
             }
         }
@@ -169,8 +190,10 @@ pub async fn run(plan: &LoadPlan, mut on_progress: impl FnMut(&Progress)) -> Res
         start_totals.push(stats.totals());
     }
     let mut last = start_totals.iter().map(|t| t.bytes).sum::<u64>();
+    let mut layers = LayerTimeline::new(&peers);
     while started.elapsed() < plan.duration {
         ticks.tick().await;
+        layers.sample(&peers);
         let bytes: u64 = peers.iter().map(|p| p.stats.lock().expect("stats lock").totals().bytes).sum();
         progress.measured = started.elapsed().min(plan.duration);
         progress.receive_bits_per_second = (bytes - last) as f64 * 8.0;
@@ -182,14 +205,15 @@ pub async fn run(plan: &LoadPlan, mut on_progress: impl FnMut(&Progress)) -> Res
 
     let mut latencies = Vec::new();
     let mut peer_reports = Vec::with_capacity(peers.len());
-    for (peer, start) in peers.iter().zip(&start_totals) {
+    for ((peer, start), layers_over_time) in peers.iter().zip(&start_totals).zip(layers.seconds) {
         let mut stats = peer.stats.lock().expect("stats lock");
         latencies.extend(stats.take_latencies());
         let totals: Totals = stats.totals().since(*start);
         let others = expected_senders(plan, &peer.plan);
         let heard_from = stats.heard().iter().filter(|s| others.contains(s)).count();
         let expected_from = others.len().min(plan.slots);
-        peer_reports.push(PeerReport::new(&peer.plan, peer.join_latency, heard_from, expected_from, totals, window));
+        let received = Received { heard_from, expected_from, totals, layers_over_time };
+        peer_reports.push(PeerReport::new(&peer.plan, peer.join_latency, received, window));
     }
     for peer in &peers {
         peer.close().await;
@@ -201,6 +225,46 @@ pub async fn run(plan: &LoadPlan, mut on_progress: impl FnMut(&Progress)) -> Res
         .map(|(probe, (start, end))| (probe.describe(), start, end))
         .collect();
     Ok(Report::new(plan, RunWindow { peers: peers_total, failures, window }, peer_reports, latencies, usage))
+}
+
+/// Each peer's video slots, once a second: which layer each one received
+/// in that second.
+struct LayerTimeline {
+    /// Per peer, the slots as last sampled.
+    last: Vec<Vec<VideoSlot>>,
+    /// Per peer, a string per second (see [`slot_layers`]).
+    seconds: Vec<Vec<String>>,
+}
+
+impl LayerTimeline {
+    fn new(peers: &[LoadPeer]) -> Self {
+        let last = peers.iter().map(|p| p.stats.lock().expect("stats lock").video_slots()).collect();
+        Self { last, seconds: vec![Vec::new(); peers.len()] }
+    }
+
+    fn sample(&mut self, peers: &[LoadPeer]) {
+        for ((peer, last), seconds) in peers.iter().zip(&mut self.last).zip(&mut self.seconds) {
+            let now = peer.stats.lock().expect("stats lock").video_slots();
+            seconds.push(slot_layers(last, &now));
+            *last = now;
+        }
+    }
+}
+
+/// One character per video slot that has received anything, in SSRC
+/// order: the rid of the layer it carried (by its newest keyframe's width)
+/// if packets arrived since `before`, `-` if none did.
+fn slot_layers(before: &[VideoSlot], now: &[VideoSlot]) -> String {
+    now.iter()
+        .map(|slot| {
+            let earlier = before.iter().find(|b| b.ssrc == slot.ssrc).map_or(0, |b| b.packets);
+            match slot.width {
+                _ if slot.packets == earlier => "-",
+                Some(width) => layer_of_width(width),
+                None => "?",
+            }
+        })
+        .collect()
 }
 
 /// The senders a peer may hear: its conference's publishers but itself.
@@ -234,6 +298,8 @@ mod tests {
             ramp: Duration::ZERO,
             slots: 4,
             probes: vec![],
+            impairment: Some(Impairment { loss_percent: 5.0, ..Impairment::default() }),
+            impaired: 1,
         }
     }
 
@@ -247,6 +313,8 @@ mod tests {
         assert!(plans.iter().filter(|p| p.sft.contains("127.0.0.1")).all(|p| p.anchor_domain.is_none()));
         assert_eq!(plans.iter().filter(|p| p.publish).count(), 4);
         assert_eq!(plans[3].conf_id, plans[5].conf_id);
+        let impaired: Vec<&str> = plans.iter().filter(|p| p.impairment.is_some()).map(|p| p.userid.as_str()).collect();
+        assert_eq!(impaired, vec!["load-0-2", "load-1-2"], "the last participant of each conference");
         assert_ne!(plans[0].conf_id, plans[3].conf_id);
     }
 
@@ -268,11 +336,26 @@ mod tests {
             LoadPlan { anchor_domain: None, ..plan() },
             LoadPlan { sfts: vec!["http://10.0.0.1:8585".into()], ..plan() },
             LoadPlan { sfts: vec!["http://example.com".into()], ..plan() },
+            LoadPlan { impaired: 4, ..plan() },
+            LoadPlan { impairment: Some(Impairment { loss_percent: 101.0, ..Impairment::default() }), ..plan() },
+            LoadPlan { impairment: Some(Impairment { rate_kbps: Some(1), ..Impairment::default() }), ..plan() },
+            LoadPlan {
+                impairment: Some(Impairment { delay: Duration::from_secs(11), ..Impairment::default() }),
+                ..plan()
+            },
         ];
         for plan in bad {
             assert!(plan.check().is_err(), "{plan:?}");
         }
         assert!(loopback_url("http://localhost:8585/"));
         assert!(loopback_url("http://[::1]:8585"));
+    }
+
+    #[test]
+    fn each_second_shows_the_layer_of_every_slot_or_that_it_got_nothing() {
+        let slot = |ssrc, packets, width| VideoSlot { ssrc, packets, width };
+        let before = [slot(1, 10, Some(1280)), slot(2, 5, Some(320))];
+        let now = [slot(1, 40, Some(1280)), slot(2, 5, Some(320)), slot(3, 7, Some(640)), slot(4, 2, None)];
+        assert_eq!(slot_layers(&before, &now), "h-m?");
     }
 }

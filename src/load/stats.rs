@@ -1,7 +1,7 @@
 //! What one load peer received: per-stream packet accounting (loss from
 //! sequence numbers), frames, bytes, who was heard, and latency samples.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Latency samples kept per peer; later ones are dropped (a run is bounded,
 /// so is its memory).
@@ -15,6 +15,9 @@ struct Stream {
     first: Option<u64>,
     highest: u64,
     packets: u64,
+    /// For video: the picture width of the newest keyframe (which layer the
+    /// slot carries).
+    width: Option<u16>,
 }
 
 impl Stream {
@@ -67,6 +70,16 @@ pub struct ReceiveStats {
     video_frames: u64,
     heard: HashSet<u32>,
     latencies_micros: Vec<u32>,
+    video_ssrcs: BTreeSet<u32>,
+}
+
+/// One video receive slot, as sampled for the layers-over-time report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoSlot {
+    pub ssrc: u32,
+    pub packets: u64,
+    /// The width of its newest keyframe.
+    pub width: Option<u16>,
 }
 
 /// One received RTP packet, as the stats need it.
@@ -76,13 +89,20 @@ pub struct Received {
     pub marker: bool,
     pub video: bool,
     pub payload_len: usize,
+    /// The picture width, when the packet starts a VP8 keyframe.
+    pub keyframe_width: Option<u16>,
     /// Sender and latency, when the packet starts a tagged frame.
     pub tagged: Option<(u32, u64)>,
 }
 
 impl ReceiveStats {
     pub fn record(&mut self, packet: &Received) {
-        self.streams.entry(packet.ssrc).or_default().record(packet.seq);
+        let stream = self.streams.entry(packet.ssrc).or_default();
+        stream.record(packet.seq);
+        if packet.video {
+            stream.width = packet.keyframe_width.or(stream.width);
+            self.video_ssrcs.insert(packet.ssrc);
+        }
         self.bytes += packet.payload_len as u64;
         if packet.video && packet.marker {
             self.video_frames += 1;
@@ -102,6 +122,17 @@ impl ReceiveStats {
             bytes: self.bytes,
             video_frames: self.video_frames,
         }
+    }
+
+    /// Every video slot that received anything, in SSRC order.
+    pub fn video_slots(&self) -> Vec<VideoSlot> {
+        self.video_ssrcs
+            .iter()
+            .filter_map(|&ssrc| {
+                let stream = self.streams.get(&ssrc)?;
+                Some(VideoSlot { ssrc, packets: stream.packets, width: stream.width })
+            })
+            .collect()
     }
 
     /// The senders whose tagged frames arrived.
@@ -130,7 +161,20 @@ mod tests {
     use super::*;
 
     fn packet(ssrc: u32, seq: u16) -> Received {
-        Received { ssrc, seq, marker: true, video: true, payload_len: 100, tagged: None }
+        Received { ssrc, seq, marker: true, video: true, payload_len: 100, keyframe_width: None, tagged: None }
+    }
+
+    #[test]
+    fn a_video_slot_carries_the_width_of_its_newest_keyframe() {
+        let mut stats = ReceiveStats::default();
+        stats.record(&Received { keyframe_width: Some(1280), ..packet(9, 1) });
+        stats.record(&packet(9, 2));
+        stats.record(&packet(4, 1));
+        let slots = stats.video_slots();
+        assert_eq!(slots[0], VideoSlot { ssrc: 4, packets: 1, width: None });
+        assert_eq!(slots[1], VideoSlot { ssrc: 9, packets: 2, width: Some(1280) });
+        stats.record(&Received { keyframe_width: Some(320), ..packet(9, 3) });
+        assert_eq!(stats.video_slots()[1].width, Some(320));
     }
 
     #[test]

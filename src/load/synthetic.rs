@@ -74,6 +74,17 @@ pub fn video_frame(tag: Tag, keyframe: bool, width: u16, height: u16, size: usiz
     frame
 }
 
+/// The picture width named by a VP8 keyframe whose first RTP packet this is
+/// (RFC 7741 payload descriptor, then the VP8 frame header); `None` for any
+/// other packet. Receivers tell simulcast layers apart by it.
+pub fn keyframe_width(payload: &[u8]) -> Option<u16> {
+    let frame = payload.get(vp8_frame_start(payload)?..)?;
+    if frame.len() < VP8_KEY_HEADER || frame[0] & 0x01 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff)
+}
+
 /// The tag in a received RTP payload, if it starts a synthetic frame:
 /// an Opus packet, or the first packet of a VP8 frame.
 pub fn read_tag(payload: &[u8], video: bool) -> Option<Tag> {
@@ -109,6 +120,7 @@ mod tests {
                 let payload = [descriptor, &frame[..]].concat();
                 assert_eq!(read_tag(&payload, true), Some(TAG), "{descriptor:?}");
                 assert_eq!(is_vp8_keyframe(&payload), keyframe, "the SFT sees the frame type");
+                assert_eq!(keyframe_width(&payload), keyframe.then_some(320));
             }
             // A continuation packet (S=0) carries no tag.
             assert_eq!(read_tag(&[&[0x00][..], &frame[..]].concat(), true), None);

@@ -27,15 +27,7 @@ pub fn layer_file(name: &str) -> Vec<Vec<u8>> {
     frames(bytes)
 }
 
-/// The picture width in a VP8 keyframe carried by the first RTP packet of a
-/// frame (RFC 7741 payload descriptor, then the VP8 frame header).
-pub fn keyframe_width(payload: &[u8]) -> Option<u16> {
-    let frame = payload.get(sft::core::keyframe::vp8_frame_start(payload)?..)?;
-    if frame.len() < 10 || frame[0] & 0x01 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
-        return None;
-    }
-    Some(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff)
-}
+pub use sft::load::synthetic::keyframe_width;
 
 /// The keyframe width of each test layer.
 pub fn width_of(layer: &str) -> u16 {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sft::config::Config;
+use sft::load::impair::ImpairedPath;
 use sft::load::rtc::{self, VideoTrack};
 use sft::server::Server;
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
@@ -468,10 +469,10 @@ pub async fn wait_for_within(what: &str, limit: Duration, mut condition: impl Fn
 }
 
 impl Peer {
-    /// Joins with all of the peer's media going through a [`proxy::UdpProxy`]
-    /// the test can cut.
-    pub async fn join_via_proxy(sft: &TestSft, options: PeerOptions) -> (Self, proxy::UdpProxy) {
-        let proxy = proxy::UdpProxy::start(sft.server.media_addr).await;
+    /// Joins with all of the peer's media going through a [`proxy::udp_proxy`]
+    /// the test can cut or impair.
+    pub async fn join_via_proxy(sft: &TestSft, options: PeerOptions) -> (Self, ImpairedPath) {
+        let proxy = proxy::udp_proxy(sft.server.media_addr).await;
         let peer = Self::offer_only(options).await;
         let (status, answer) = peer.post_setup(sft, None).await;
         assert_eq!(status, 200, "{answer}");

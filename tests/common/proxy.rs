@@ -1,121 +1,22 @@
-//! Loopback UDP proxies between clients and the SFT. [`UdpProxy`] stands
+//! Loopback UDP proxies between clients and the SFT. [`udp_proxy`] stands
 //! in front of one peer, and a test can cut it (to make a client vanish
-//! without a goodbye) or make the SFT-to-peer direction a bottleneck link (a
-//! rate with a tail-drop queue). [`LossyFront`] stands at the SFT's
-//! advertised media address for every client (browsers included) and loses
-//! a share of what the SFT sends them.
+//! without a goodbye) or make the SFT-to-peer direction a bottleneck link
+//! (`sft::load::impair`, which `sft-load` uses too). [`LossyFront`] stands
+//! at the SFT's advertised media address for every client (browsers
+//! included) and loses a share of what the SFT sends them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use sft::load::impair::{ImpairedDirection, ImpairedPath, Impairment};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// The longest a datagram may wait in the bottleneck's queue: what a home
-/// router's buffer holds at these rates. Anything later is dropped.
-const QUEUE_LIMIT: Duration = Duration::from_millis(200);
-
-pub struct UdpProxy {
-    pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    downlink: Arc<Mutex<Downlink>>,
-    dropped: Arc<AtomicU64>,
-}
-
-/// The SFT-to-peer direction.
-#[derive(Debug, Default)]
-struct Downlink {
-    rate_bps: Option<u64>,
-    /// When the bottleneck is next free to send.
-    free_at: Option<Instant>,
-}
-
-impl Downlink {
-    /// When a datagram of `len` bytes arriving `now` leaves, or `None` if
-    /// the queue is full.
-    fn schedule(&mut self, now: Instant, len: usize) -> Option<Instant> {
-        let Some(rate) = self.rate_bps else {
-            return Some(now);
-        };
-        let start = self.free_at.map_or(now, |free| free.max(now));
-        if start - now > QUEUE_LIMIT {
-            return None;
-        }
-        let serialization = Duration::from_secs_f64((len as f64 + 28.0) * 8.0 / rate as f64);
-        self.free_at = Some(start + serialization);
-        Some(start + serialization)
-    }
-}
-
-impl UdpProxy {
-    /// Forwards datagrams between whoever sends to `addr` and `upstream`.
-    pub async fn start(upstream: SocketAddr) -> Self {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let addr = socket.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let downlink = Arc::new(Mutex::new(Downlink::default()));
-        let dropped = Arc::new(AtomicU64::new(0));
-        // Datagrams toward the peer leave in order, each at its time.
-        let (delayed, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>, SocketAddr)>();
-        let sender = socket.clone();
-        tokio::spawn(async move {
-            while let Some((at, datagram, to)) = due.recv().await {
-                tokio::time::sleep_until(at).await;
-                let _ = sender.send_to(&datagram, to).await;
-            }
-        });
-        let (is_cut, link, lost) = (cut.clone(), downlink.clone(), dropped.clone());
-        tokio::spawn(async move {
-            let mut client: Option<SocketAddr> = None;
-            let mut buf = vec![0u8; 65536];
-            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-                if is_cut.load(Ordering::SeqCst) {
-                    continue;
-                }
-                if from != upstream {
-                    client = Some(from);
-                    let _ = socket.send_to(&buf[..len], upstream).await;
-                    continue;
-                }
-                let Some(to) = client else { continue };
-                match link.lock().unwrap().schedule(Instant::now(), len) {
-                    Some(at) => {
-                        let _ = delayed.send((at, buf[..len].to_vec(), to));
-                    }
-                    None => {
-                        lost.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        });
-        Self { addr, cut, downlink, dropped }
-    }
-
-    /// From now on every datagram is dropped, both ways (those already
-    /// queued at a bottleneck still leave).
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-    }
-
-    /// Forwards again after a [`cut`](Self::cut).
-    pub fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-
-    /// Caps the SFT-to-peer direction at `kbps` (a bottleneck with a
-    /// [`QUEUE_LIMIT`] queue), or lifts the cap with `None`.
-    pub fn limit_downlink(&self, kbps: Option<u64>) {
-        self.downlink.lock().unwrap().rate_bps = kbps.map(|k| k * 1000);
-    }
-
-    /// How many datagrams toward the peer the impairment dropped.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::SeqCst)
-    }
+/// A path in front of one peer, unimpaired until the test says otherwise.
+pub async fn udp_proxy(upstream: SocketAddr) -> ImpairedPath {
+    ImpairedPath::start(upstream, Impairment::default()).await.unwrap()
 }
 
 /// A proxy at the SFT's advertised media address (`media.public_ip` and its
@@ -132,7 +33,6 @@ impl LossyFront {
     pub async fn start(listen: SocketAddr, upstream: SocketAddr, loss_percent: f64) -> Self {
         let front = Arc::new(UdpSocket::bind(listen).await.unwrap());
         let (forwarded, dropped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let loss_ppm = (loss_percent * 10_000.0) as u64;
         let (sent, lost) = (forwarded.clone(), dropped.clone());
         tokio::spawn(async move {
             let mut clients: BTreeMap<SocketAddr, Arc<UdpSocket>> = BTreeMap::new();
@@ -147,13 +47,11 @@ impl LossyFront {
                         let (front, sent, lost) = (front.clone(), sent.clone(), lost.clone());
                         let from_sft = back.clone();
                         tokio::spawn(async move {
-                            let mut random = 0x5eed_0000 ^ u64::from(client.port());
+                            let lossy = Impairment { loss_percent, ..Impairment::default() };
+                            let mut path = ImpairedDirection::new(lossy, u64::from(client.port()));
                             let mut buf = vec![0u8; 65536];
                             while let Ok(len) = from_sft.recv(&mut buf).await {
-                                random ^= random << 13;
-                                random ^= random >> 7;
-                                random ^= random << 17;
-                                if random % 1_000_000 < loss_ppm {
+                                if path.schedule(Instant::now(), len).is_none() {
                                     lost.fetch_add(1, Ordering::SeqCst);
                                     continue;
                                 }
