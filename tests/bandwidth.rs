@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{wait_for, wait_for_within, Peer, PeerOptions, SlotStats, TestSft, Video};
 use serde_json::{json, Value};
+use sft::load::impair::Impairment;
 
 /// With packet overhead, the test peers' layers measure about 31 (`l`), 70
 /// (`m`) and 180 (`h`) kbit/s and their audio about 26: 72 kbit/s pays for
@@ -172,4 +173,49 @@ async fn a_receiver_behind_a_bottleneck_gets_lower_layers_until_it_lifts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("back at h {:?} after the cap was lifted, by way of {seen:?}", lifted.elapsed());
+}
+
+/// 5 % of what a publisher sends is lost before the SFT: the SFT NACKs the
+/// publisher and forwards the resent packets, so the receiver misses far
+/// fewer than 5 % (without repair it would miss as many as the uplink lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lossy_uplink_is_repaired_before_receivers_see_the_loss() {
+    let _one = common::one_big_call_at_a_time().await;
+    let sft = TestSft::start("").await;
+    let options =
+        PeerOptions { video: Video::Single, audio_slots: 0, video_slots: 0, ..PeerOptions::new("uplink", "pub", 1) };
+    let (_publisher, path) = Peer::join_via_proxy(&sft, options).await;
+    let options = PeerOptions {
+        video: Video::None,
+        audio: false,
+        audio_slots: 1,
+        video_slots: 1,
+        ..PeerOptions::new("uplink", "rex", 2)
+    };
+    let receiver = Peer::join(&sft, options).await;
+    wait_for("video at the receiver", || {
+        receiver.slot_mid_of("pub", "video").is_some_and(|mid| receiver.slot_stats(&mid).packets > 50)
+    })
+    .await;
+    let mid = receiver.slot_mid_of("pub", "video").unwrap();
+    path.impair_uplink(Impairment { loss_percent: 5.0, ..Impairment::default() });
+    let before = receiver.slot_stats(&mid).arrivals.len();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    // Let the last repairs arrive, then count the window's sequence numbers.
+    path.impair_uplink(Impairment::default());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let arrivals = receiver.slot_stats(&mid).arrivals;
+    let window = &arrivals[before..];
+    let first = window.first().expect("packets in the window").1;
+    // Extended relative to the window's first number: repairs arrive late.
+    let mut seqs: Vec<i64> = window.iter().map(|(_, seq)| i64::from(seq.wrapping_sub(first) as i16)).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let span = seqs.last().unwrap() - seqs.first().unwrap() + 1;
+    let missing = span - seqs.len() as i64;
+    let uplink_loss = path.uplink_loss_ratio();
+    eprintln!("uplink lost {:.1} %; the receiver misses {missing} of {span}", uplink_loss * 100.0);
+    assert!(uplink_loss > 0.02, "the uplink is lossy: {uplink_loss}");
+    assert!(span > 200, "enough video to count: {span}");
+    assert!((missing as f64) < span as f64 * uplink_loss / 4.0, "{missing} of {span} missing at the receiver");
 }

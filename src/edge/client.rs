@@ -161,6 +161,11 @@ impl Client {
         if Some(mid) != self.video_publish {
             return None;
         }
+        // str0m NACKs gaps only on streams whose offer named an RTX SSRC
+        // (ssrc-group FID). Senders that resend on the main SSRC (webrtc-rs,
+        // for one) name none, yet repair what the SFT asks for: ask them all,
+        // so one lossy uplink does not become loss for every receiver.
+        rx.suppress_nack(false);
         let layer = match rid {
             Some(rid) => Layer::from_rid(&rid)?,
             None => Layer::High,

@@ -77,38 +77,72 @@ impl ImpairedDirection {
     }
 }
 
+/// One direction of a running path: its impairment, what it let through
+/// and dropped, and the queue its datagrams leave from, in order, each at
+/// its time.
+struct Direction {
+    impairment: Mutex<ImpairedDirection>,
+    forwarded: AtomicU64,
+    dropped: AtomicU64,
+    departures: mpsc::UnboundedSender<(Instant, Vec<u8>, SocketAddr)>,
+}
+
+impl Direction {
+    fn start(socket: Arc<UdpSocket>, impairment: Impairment, seed: u64) -> Arc<Self> {
+        let (departures, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>, SocketAddr)>();
+        tokio::spawn(async move {
+            while let Some((at, datagram, to)) = due.recv().await {
+                tokio::time::sleep_until(at).await;
+                let _ = socket.send_to(&datagram, to).await;
+            }
+        });
+        let impairment = Mutex::new(ImpairedDirection::new(impairment, seed));
+        Arc::new(Self { impairment, forwarded: AtomicU64::new(0), dropped: AtomicU64::new(0), departures })
+    }
+
+    fn send(&self, datagram: &[u8], to: SocketAddr) {
+        let departure = self.impairment.lock().expect("impairment lock").schedule(Instant::now(), datagram.len());
+        match departure {
+            Some(at) if self.departures.send((at, datagram.to_vec(), to)).is_ok() => {
+                self.forwarded.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {
+                self.dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn set(&self, change: impl FnOnce(&mut Impairment)) {
+        change(&mut self.impairment.lock().expect("impairment lock").impairment);
+    }
+}
+
 /// A running impaired path. The client sends to [`addr`](Self::addr).
 pub struct ImpairedPath {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
-    downlink: Arc<Mutex<ImpairedDirection>>,
-    dropped: Arc<AtomicU64>,
-    forwarded: Arc<AtomicU64>,
+    /// SFT to client.
+    downlink: Arc<Direction>,
+    /// Client to SFT.
+    uplink: Arc<Direction>,
 }
 
 impl ImpairedPath {
     /// Relays between whoever sends to the returned path's address and
     /// `upstream` (the SFT's media address; loopback only), impairing what
-    /// `upstream` sends back.
-    pub async fn start(upstream: SocketAddr, impairment: Impairment) -> std::io::Result<Self> {
+    /// `upstream` sends back with `downlink` (the other way is left alone
+    /// until [`impair_uplink`](Self::impair_uplink)).
+    pub async fn start(upstream: SocketAddr, downlink: Impairment) -> std::io::Result<Self> {
         if !upstream.ip().is_loopback() {
             return Err(std::io::Error::other(format!("{upstream} is not a loopback address")));
         }
         let socket = Arc::new(UdpSocket::bind((upstream.ip(), 0)).await?);
         let addr = socket.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
-        let downlink = Arc::new(Mutex::new(ImpairedDirection::new(impairment, u64::from(addr.port()))));
-        let (dropped, forwarded) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        // Datagrams toward the client leave in order, each at its time.
-        let (delayed, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>, SocketAddr)>();
-        let sender = socket.clone();
-        tokio::spawn(async move {
-            while let Some((at, datagram, to)) = due.recv().await {
-                tokio::time::sleep_until(at).await;
-                let _ = sender.send_to(&datagram, to).await;
-            }
-        });
-        let (is_cut, link, lost, sent) = (cut.clone(), downlink.clone(), dropped.clone(), forwarded.clone());
+        let seed = u64::from(addr.port());
+        let downlink = Direction::start(socket.clone(), downlink, seed);
+        let uplink = Direction::start(socket.clone(), Impairment::default(), !seed);
+        let (is_cut, toward_client, toward_sft) = (cut.clone(), downlink.clone(), uplink.clone());
         tokio::spawn(async move {
             let mut client: Option<SocketAddr> = None;
             let mut buf = vec![0u8; 65536];
@@ -118,22 +152,13 @@ impl ImpairedPath {
                 }
                 if from != upstream {
                     client = Some(from);
-                    let _ = socket.send_to(&buf[..len], upstream).await;
-                    continue;
-                }
-                let Some(to) = client else { continue };
-                let departure = link.lock().expect("downlink lock").schedule(Instant::now(), len);
-                match departure {
-                    Some(at) if delayed.send((at, buf[..len].to_vec(), to)).is_ok() => {
-                        sent.fetch_add(1, Ordering::SeqCst);
-                    }
-                    _ => {
-                        lost.fetch_add(1, Ordering::SeqCst);
-                    }
+                    toward_sft.send(&buf[..len], upstream);
+                } else if let Some(to) = client {
+                    toward_client.send(&buf[..len], to);
                 }
             }
         });
-        Ok(Self { addr, cut, downlink, dropped, forwarded })
+        Ok(Self { addr, cut, downlink, uplink })
     }
 
     /// From now on every datagram is dropped, both ways (those already
@@ -150,19 +175,33 @@ impl ImpairedPath {
     /// Caps the SFT-to-client direction at `kbps` (a bottleneck with a
     /// [`QUEUE_LIMIT`] queue), or lifts the cap with `None`.
     pub fn limit_downlink(&self, kbps: Option<u64>) {
-        self.downlink.lock().expect("downlink lock").impairment.rate_kbps = kbps;
+        self.downlink.set(|i| i.rate_kbps = kbps);
+    }
+
+    /// From now on, impairs the client-to-SFT direction too.
+    pub fn impair_uplink(&self, impairment: Impairment) {
+        self.uplink.set(|i| *i = impairment);
     }
 
     /// How many datagrams toward the client the impairment dropped.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::SeqCst)
+        self.downlink.dropped.load(Ordering::SeqCst)
     }
 
     /// The share of datagrams toward the client dropped so far.
     pub fn loss_ratio(&self) -> f64 {
-        let (sent, lost) = (self.forwarded.load(Ordering::SeqCst), self.dropped());
-        lost as f64 / (sent + lost).max(1) as f64
+        ratio(&self.downlink)
     }
+
+    /// The share of datagrams toward the SFT dropped so far.
+    pub fn uplink_loss_ratio(&self) -> f64 {
+        ratio(&self.uplink)
+    }
+}
+
+fn ratio(direction: &Direction) -> f64 {
+    let (sent, lost) = (direction.forwarded.load(Ordering::SeqCst), direction.dropped.load(Ordering::SeqCst));
+    lost as f64 / (sent + lost).max(1) as f64
 }
 
 #[cfg(test)]
