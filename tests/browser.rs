@@ -363,11 +363,15 @@ async fn lossy_chromium() {
         let delta = |counter| after.rtp(source, counter) - before.rtp(source, counter);
         let (lost, retransmitted) = (delta("lost"), delta("retransmitted"));
         eprintln!(
-            "{source}: received {}, lost {lost}, nacks {}, retransmitted {retransmitted}, freezes {} ({} ms)",
+            "{source}: received {}, lost {lost}, nacks {}, retransmitted {retransmitted}, freezes {} ({} ms), \
+             plis {}, keyframes {}, frames dropped {}",
             delta("received"),
             delta("nacks"),
             delta("freezes"),
             delta("frozen_ms"),
+            delta("plis"),
+            delta("keyframes"),
+            delta("dropped"),
         );
         // Chromium's `packetsLost` counts what the path lost, repaired or
         // not; `retransmittedPacketsReceived` what the SFT resent to it.
