@@ -29,11 +29,7 @@ fn video_slots(peer: &Peer) -> Vec<Value> {
 async fn a_capped_receiver_gets_its_first_slot_at_low_and_the_others_paused() {
     let _one = common::one_big_call_at_a_time().await;
     let sft = TestSft::start(CEILING).await;
-    let mut publishers = Vec::new();
-    for (name, marker) in [("ann", 1), ("ben", 2), ("cat", 3)] {
-        let options = PeerOptions { audio_slots: 0, video_slots: 0, ..PeerOptions::new("capped", name, marker) };
-        publishers.push(Peer::join(&sft, options).await);
-    }
+    let _publishers = common::join_publishers(&sft, "capped", &["ann", "ben", "cat"]).await;
     let options =
         PeerOptions { video: Video::None, audio: false, audio_slots: 1, ..PeerOptions::new("capped", "rex", 9) };
     let receiver = Peer::join(&sft, options).await;
@@ -109,11 +105,7 @@ async fn a_receiver_behind_a_bottleneck_gets_lower_layers_until_it_lifts() {
     let _one = common::one_big_call_at_a_time().await;
     let sft = TestSft::start("").await;
     let users = ["ann", "ben", "cat", "dan"];
-    let mut publishers = Vec::new();
-    for (marker, name) in (1..).zip(users) {
-        let options = PeerOptions { audio_slots: 0, video_slots: 0, ..PeerOptions::new("shaped", name, marker) };
-        publishers.push(Peer::join(&sft, options).await);
-    }
+    let _publishers = common::join_publishers(&sft, "shaped", &users).await;
     let receiver = |name: &str, marker| PeerOptions {
         video: Video::None,
         audio: false,

@@ -276,12 +276,8 @@ async fn wait_for_page(chromium: &Chromium, what: &str, done: impl Fn(&PageView)
 /// shaping is lifted.
 async fn shaped_chromium() {
     let sft = TestSft::start("").await;
-    let mut publishers = Vec::new();
     let names = ["ann", "ben", "cat"];
-    for (marker, name) in (1..).zip(names) {
-        let options = PeerOptions { audio_slots: 0, video_slots: 0, ..PeerOptions::new("shaped", name, marker) };
-        publishers.push(Peer::join(&sft, options).await);
-    }
+    let publishers = common::join_publishers(&sft, "shaped", &names).await;
     let driver = ChromeDriver::start();
     let chromium = Chromium::open(&driver, &profiles().join("chromium")).await;
     chromium.goto(&sft.url("/?conf=shaped&name=chrome&autojoin=1")).await;
@@ -323,12 +319,8 @@ async fn lossy_chromium() {
     let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let sft = TestSft::start_with_media("[media]\npublic_ip = \"127.0.0.2\"\n", &format!("127.0.0.1:{port}")).await;
     let front = LossyFront::start(format!("127.0.0.2:{port}").parse().unwrap(), sft.server.media_addr, 5.0).await;
-    let mut publishers = Vec::new();
     let names = ["ann", "ben"];
-    for (marker, name) in (1..).zip(names) {
-        let options = PeerOptions { audio_slots: 0, video_slots: 0, ..PeerOptions::new("lossy", name, marker) };
-        publishers.push(Peer::join(&sft, options).await);
-    }
+    let publishers = common::join_publishers(&sft, "lossy", &names).await;
     let driver = ChromeDriver::start();
     let chromium = Chromium::open(&driver, &profiles().join("chromium")).await;
     chromium.goto(&sft.url("/?conf=lossy&name=chrome&autojoin=1")).await;

@@ -8,6 +8,8 @@ use str0m::change::SdpOffer;
 use str0m::{Candidate, Rtc};
 use thiserror::Error;
 
+use super::estimate::DownlinkEstimate;
+
 /// How often each session reports per-stream loss (`sft_stream_loss_ratio`).
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// Where a client's send-side estimate starts, before feedback: about what
@@ -26,15 +28,15 @@ pub struct AnswerError(String);
 pub struct Estimation {
     /// str0m's send-side estimate from the client's transport-cc feedback.
     pub enabled: bool,
-    /// `media.max_receive_kbps` in bits/s: the desired rate goes no higher
-    /// (str0m probes up to twice the desired rate).
-    pub ceiling: Option<u32>,
+    /// Its ceiling (`media.max_receive_kbps`): the initial and desired rates
+    /// go no higher (str0m probes up to twice the desired rate).
+    pub downlink: DownlinkEstimate,
 }
 
 impl Estimation {
     /// `kbps`, or the ceiling when that is lower.
     fn capped(&self, kbps: u64) -> Bitrate {
-        Bitrate::kbps(self.ceiling.map_or(kbps, |ceiling| (u64::from(ceiling) / 1000).min(kbps)))
+        Bitrate::bps(self.downlink.cap(kbps * 1000))
     }
 }
 

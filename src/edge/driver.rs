@@ -197,7 +197,8 @@ impl Driver {
             return Err(JoinError::AtCapacity("the conference is full"));
         }
         let summary = request.summary;
-        let estimation = Estimation { enabled: self.estimate_bandwidth, ceiling: self.max_receive_bps };
+        let downlink = DownlinkEstimate::new(self.max_receive_bps);
+        let estimation = Estimation { enabled: self.estimate_bandwidth, downlink };
         let (rtc, answer) = answer::answer(now, self.host_candidate.clone(), request.offer, estimation)
             .map_err(|e| JoinError::BadOffer(e.to_string()))?;
 
@@ -216,7 +217,6 @@ impl Driver {
                 conference.attach_link(now, link);
             }
         }
-        let downlink = DownlinkEstimate::new(self.max_receive_bps);
         let client = Client::new(id, request.conference.clone(), number, request.sessid, rtc, &summary, now);
         self.clients.insert(id, client.with_downlink(downlink));
         self.sessions.insert(session_key, id);

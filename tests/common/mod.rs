@@ -468,6 +468,17 @@ pub async fn wait_for_within(what: &str, limit: Duration, mut condition: impl Fn
     }
 }
 
+/// Joins one simulcast publisher per name (markers 1, 2, …) to conference
+/// `conf`, each receiving nothing.
+pub async fn join_publishers(sft: &TestSft, conf: &str, names: &[&str]) -> Vec<Peer> {
+    let mut publishers = Vec::with_capacity(names.len());
+    for (marker, name) in (1..).zip(names) {
+        let options = PeerOptions { audio_slots: 0, video_slots: 0, ..PeerOptions::new(conf, name, marker) };
+        publishers.push(Peer::join(sft, options).await);
+    }
+    publishers
+}
+
 impl Peer {
     /// Joins with all of the peer's media going through a [`proxy::udp_proxy`]
     /// the test can cut or impair.

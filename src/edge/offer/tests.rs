@@ -114,6 +114,7 @@ mod real_offers {
 
     use super::*;
     use crate::edge::answer::{answer, Estimation};
+    use crate::edge::estimate::DownlinkEstimate;
 
     const FIREFOX: &str = include_str!("../../../tests/offers/firefox.sdp");
     const CHROMIUM: &str = include_str!("../../../tests/offers/chromium.sdp");
@@ -162,9 +163,13 @@ mod real_offers {
         for (client, sdp, _) in CASES {
             let (offer, _) = parse(sdp).unwrap();
             let offered = offer.media_lines.len();
-            let (_, answer_sdp) =
-                answer(Instant::now(), candidate.clone(), offer, Estimation { enabled: true, ceiling: None })
-                    .unwrap_or_else(|e| panic!("{client}: {e}"));
+            let (_, answer_sdp) = answer(
+                Instant::now(),
+                candidate.clone(),
+                offer,
+                Estimation { enabled: true, downlink: DownlinkEstimate::new(None) },
+            )
+            .unwrap_or_else(|e| panic!("{client}: {e}"));
             let sections: Vec<&str> = answer_sdp.split("\r\nm=").skip(1).collect();
             assert_eq!(sections.len(), offered, "{client}: one answer m-line per offered m-line");
             for (index, section) in sections.iter().enumerate() {
