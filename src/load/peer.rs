@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use webrtc::media::Sample;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
@@ -114,7 +115,13 @@ impl LoadPeer {
         if let Some((tracks, sender)) = video {
             let keyframe_wanted = Arc::new(AtomicBool::new(false));
             let wanted = keyframe_wanted.clone();
-            rtc::watch_plis(&sender, &tracks, Arc::new(move || wanted.store(true, Ordering::Relaxed)));
+            tokio::spawn(async move {
+                while let Ok((packets, _)) = sender.read_rtcp().await {
+                    if packets.iter().any(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()) {
+                        wanted.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
             let layers = Layers { tracks, video_kbps: plan.video_kbps };
             tokio::spawn(publish_video(layers, plan.sender, epoch, keyframe_wanted, publishing.clone()));
         }

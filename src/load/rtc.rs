@@ -14,7 +14,6 @@ use webrtc::ice::network_type::NetworkType;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
@@ -120,29 +119,6 @@ pub async fn add_video(
         sender.add_encoding(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
     }
     Ok((tracks, sender))
-}
-
-/// Calls `on_pli` for every PLI that reaches any of `tracks`' layers.
-///
-/// webrtc-rs's `read_rtcp` reads only the first encoding's RTCP; each
-/// simulcast layer has a reader of its own, and its interceptors (the NACK
-/// responder among them) see RTCP only while it is read. Reading only the
-/// first left PLIs for `m` and `h` unanswered until the next periodic
-/// keyframe (a receiver frozen for up to 2 s).
-pub fn watch_plis(sender: &Arc<RTCRtpSender>, tracks: &[VideoTrack], on_pli: Arc<dyn Fn() + Send + Sync>) {
-    for &(_, rid) in tracks {
-        let (sender, on_pli) = (sender.clone(), on_pli.clone());
-        let simulcast = tracks.len() > 1;
-        tokio::spawn(async move {
-            loop {
-                let read = if simulcast { sender.read_rtcp_simulcast(rid).await } else { sender.read_rtcp().await };
-                let Ok((packets, _)) = read else { return };
-                for _ in packets.iter().filter(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()) {
-                    on_pli();
-                }
-            }
-        });
-    }
 }
 
 /// Adds the receive slots (`docs/contract.md` section 3.1: one recvonly m-line per slot).

@@ -424,11 +424,15 @@ async fn publish_video(
     let files: Vec<Vec<Vec<u8>>> = tracks.iter().map(|(_, name)| ivf::layer_file(name)).collect();
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let wanted = keyframe_wanted.clone();
-    let on_pli = move || {
-        plis_received.fetch_add(1, Ordering::SeqCst);
-        wanted.store(true, Ordering::SeqCst);
-    };
-    rtc::watch_plis(&sender, &tracks, Arc::new(on_pli));
+    tokio::spawn(async move {
+        while let Ok((packets, _)) = sender.read_rtcp().await {
+            let plis = packets.iter().filter(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()).count();
+            if plis > 0 {
+                plis_received.fetch_add(plis as u64, Ordering::SeqCst);
+                wanted.store(true, Ordering::SeqCst);
+            }
+        }
+    });
     let mut tick = tokio::time::interval(Duration::from_millis(66));
     let mut frame = 0;
     while publishing.load(Ordering::SeqCst) {
