@@ -4,8 +4,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, Peer, PeerOptions, Signalling, TestSft, Video};
+use common::{wait_for, wait_for_within, Peer, PeerOptions, Signalling, TestSft, Video};
 use serde_json::json;
+
+/// How long a slot may take to climb to `h`: each step waits for the
+/// receiver's estimate to hold above the next layer for 2 s, and the
+/// estimate ramps slower while the test peers share two cores with the
+/// other tests.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(40);
 
 fn names(peers: &[&Peer]) -> Vec<String> {
     let mut names: Vec<String> = peers.iter().map(|p| p.options.userid.clone()).collect();
@@ -68,7 +74,8 @@ async fn four_peers_receive_each_other_and_leave_three_ways() {
     for peer in everyone {
         for other in everyone.iter().filter(|o| o.options.userid != peer.options.userid) {
             let mid = peer.slot_mid_of(&other.options.userid, "video").unwrap();
-            wait_for(&format!("{}'s slot of {} to settle on h", peer.options.userid, other.options.userid), || {
+            let what = format!("{}'s slot of {} to settle on h", peer.options.userid, other.options.userid);
+            wait_for_within(&what, SETTLE_TIMEOUT, || {
                 peer.slot_stats(&mid).keyframe_widths.last() == Some(&common::ivf::width_of("h"))
             })
             .await;
@@ -149,9 +156,12 @@ async fn reqstreams_picks_layers_and_switches_continuously() {
         viewer.video_slots() == vec![("bob".into(), "h".into()), ("carol".into(), "m".into())]
     })
     .await;
-    let before = (viewer.slot_stats(&bob_mid).packets, viewer.slot_stats(&carol_mid).packets);
-    wait_for("media after the switch", || {
-        viewer.slot_stats(&bob_mid).packets > before.0 + 20 && viewer.slot_stats(&carol_mid).packets > before.1 + 20
+    // The first slot (was bob/l) shows carol/m keyframes, the second (was
+    // carol/h) bob/h, once each new layer's keyframe arrives (and the
+    // viewer's estimate pays for both: a slot may pass through `l` first).
+    wait_for("carol/m and bob/h keyframes", || {
+        viewer.slot_stats(&bob_mid).keyframe_widths.last() == Some(&common::ivf::width_of("m"))
+            && viewer.slot_stats(&carol_mid).keyframe_widths.last() == Some(&common::ivf::width_of("h"))
     })
     .await;
     for mid in [&bob_mid, &carol_mid] {
@@ -159,16 +169,15 @@ async fn reqstreams_picks_layers_and_switches_continuously() {
         assert_eq!(stats.seq_jumps, 0, "slot {mid} continuous across the switch: {:?}", stats.jumps);
         assert_eq!(stats.ssrcs.len(), 1, "slot {mid} keeps its SSRC");
     }
-    // The first slot (was bob/l) now shows carol/m keyframes, the second (was carol/h) bob/h.
-    assert_eq!(viewer.slot_stats(&bob_mid).keyframe_widths.last(), Some(&common::ivf::width_of("m")));
-    assert_eq!(viewer.slot_stats(&carol_mid).keyframe_widths.last(), Some(&common::ivf::width_of("h")));
 
     // `off` empties the slot.
     viewer.send(request(json!([{"userid": "carol", "clientid": "carol-client", "quality": "off"}]))).await;
     wait_for("empty slots", || viewer.video_slots().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Packets already on their way may still arrive (late under load); a
+    // slot that still carries media gets about 15 more a second.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let frozen: Vec<u64> = [&bob_mid, &carol_mid].iter().map(|m| viewer.slot_stats(m).packets).collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let after: Vec<u64> = [&bob_mid, &carol_mid].iter().map(|m| viewer.slot_stats(m).packets).collect();
     assert_eq!(frozen, after, "no media flows into emptied slots");
     drop((b, c));
@@ -230,15 +239,12 @@ async fn receiver_pli_reaches_the_publisher_rate_limited() {
     wait_for("video", || viewer.slot_stats(&mid).packets > 10).await;
     // Let the switch-time keyframe requests settle, then burst PLIs.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let before = publisher.plis_received.load(std::sync::atomic::Ordering::SeqCst);
+    let before = publisher.plis_received();
     for _ in 0..10 {
         viewer.send_pli(&mid).await;
     }
-    wait_for("the PLI to reach the publisher", || {
-        publisher.plis_received.load(std::sync::atomic::Ordering::SeqCst) > before
-    })
-    .await;
+    wait_for("the PLI to reach the publisher", || publisher.plis_received() > before).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let forwarded = publisher.plis_received.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let forwarded = publisher.plis_received() - before;
     assert!(forwarded <= 2, "10 PLIs in a burst reach the publisher at most twice, got {forwarded}");
 }

@@ -10,12 +10,11 @@ use serde_json::{json, Value};
 use webrtc::media::Sample;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
 use super::impair::{ImpairedPath, Impairment};
-use super::rtc::{self, VideoTrack};
+use super::rtc::{self, KeyframeRequests, VideoTrack};
 use super::stats::{ReceiveStats, Received};
 use super::synthetic::{self, Tag};
 use super::LoadError;
@@ -113,17 +112,9 @@ impl LoadPeer {
             tokio::spawn(publish_audio(track, plan.sender, epoch, publishing.clone()));
         }
         if let Some((tracks, sender)) = video {
-            let keyframe_wanted = Arc::new(AtomicBool::new(false));
-            let wanted = keyframe_wanted.clone();
-            tokio::spawn(async move {
-                while let Ok((packets, _)) = sender.read_rtcp().await {
-                    if packets.iter().any(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()) {
-                        wanted.store(true, Ordering::Relaxed);
-                    }
-                }
-            });
+            let keyframes_wanted = rtc::watch_plis(&sender, &tracks);
             let layers = Layers { tracks, video_kbps: plan.video_kbps };
-            tokio::spawn(publish_video(layers, plan.sender, epoch, keyframe_wanted, publishing.clone()));
+            tokio::spawn(publish_video(layers, plan.sender, epoch, keyframes_wanted, publishing.clone()));
         }
         Ok(Self { plan, pc, stats, join_latency, publishing, _path: path })
     }
@@ -254,18 +245,19 @@ async fn publish_video(
     layers: Layers,
     sender: u32,
     epoch: Instant,
-    keyframe_wanted: Arc<AtomicBool>,
+    keyframes_wanted: Arc<KeyframeRequests>,
     publishing: Arc<AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(FRAME_INTERVAL);
-    let mut frame = 0usize;
+    // Each layer counts its own frames: a PLI restarts only its layer.
+    let mut frames = vec![0usize; layers.tracks.len()];
     while publishing.load(Ordering::Relaxed) {
         tick.tick().await;
-        if keyframe_wanted.swap(false, Ordering::Relaxed) {
-            frame = 0;
-        }
-        let keyframe = frame.is_multiple_of(KEYFRAME_EVERY);
-        for (track, rid) in &layers.tracks {
+        for (layer, ((track, rid), frame)) in layers.tracks.iter().zip(&mut frames).enumerate() {
+            if keyframes_wanted.take(layer) {
+                *frame = 0;
+            }
+            let keyframe = frame.is_multiple_of(KEYFRAME_EVERY);
             let (width, height, size) = layers.shape(rid, keyframe);
             let tag = Tag { sender, sent_micros: micros_since(epoch) };
             let sample = Sample {
@@ -276,7 +268,7 @@ async fn publish_video(
             if track.write_sample(&sample).await.is_err() {
                 return;
             }
+            *frame += 1;
         }
-        frame += 1;
     }
 }

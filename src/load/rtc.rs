@@ -3,6 +3,7 @@
 //! and the integration tests, so both speak to the SFT the same way.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use webrtc::api::interceptor_registry::register_default_interceptors;
@@ -14,6 +15,7 @@ use webrtc::ice::network_type::NetworkType;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
@@ -119,6 +121,59 @@ pub async fn add_video(
         sender.add_encoding(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
     }
     Ok((tracks, sender))
+}
+
+/// The keyframe requests (PLIs) that reached a publisher, layer by layer.
+#[derive(Debug, Default)]
+pub struct KeyframeRequests {
+    wanted: Vec<AtomicBool>,
+    received: AtomicU64,
+}
+
+impl KeyframeRequests {
+    /// Whether a PLI reached layer `layer` (its index in the tracks) since
+    /// the last call; clears the request.
+    pub fn take(&self, layer: usize) -> bool {
+        self.wanted.get(layer).is_some_and(|wanted| wanted.swap(false, Ordering::Relaxed))
+    }
+
+    /// How many PLIs reached any layer so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads the RTCP of each of `tracks`' layers and records its PLIs.
+///
+/// webrtc-rs's `read_rtcp` reads only the first encoding's RTCP: each
+/// simulcast layer has a reader of its own, and its interceptors (the NACK
+/// responder among them) see RTCP only while it is read. Reading only the
+/// first left PLIs for `m` and `h` unanswered until the next periodic
+/// keyframe, and NACKs for them unrepaired. A PLI names one layer, so only
+/// that layer restarts at a keyframe (real encoders do the same; restarting
+/// all three would add two needless keyframes to the uplink).
+pub fn watch_plis(sender: &Arc<RTCRtpSender>, tracks: &[VideoTrack]) -> Arc<KeyframeRequests> {
+    let requests = Arc::new(KeyframeRequests {
+        wanted: tracks.iter().map(|_| AtomicBool::new(false)).collect(),
+        received: AtomicU64::new(0),
+    });
+    let simulcast = tracks.len() > 1;
+    for (layer, &(_, rid)) in tracks.iter().enumerate() {
+        let (sender, requests) = (sender.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let read = if simulcast { sender.read_rtcp_simulcast(rid).await } else { sender.read_rtcp().await };
+                let Ok((packets, _)) = read else { return };
+                let plis = packets.iter().filter(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some());
+                let plis = plis.count() as u64;
+                if plis > 0 {
+                    requests.received.fetch_add(plis, Ordering::Relaxed);
+                    requests.wanted[layer].store(true, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    requests
 }
 
 /// Adds the receive slots (`docs/contract.md` section 3.1: one recvonly m-line per slot).

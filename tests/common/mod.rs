@@ -13,14 +13,14 @@ pub mod simulcast_conference;
 pub mod str0m_client;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sft::config::Config;
 use sft::load::impair::ImpairedPath;
-use sft::load::rtc::{self, VideoTrack};
+use sft::load::rtc::{self, KeyframeRequests, VideoTrack};
 use sft::server::Server;
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::data_channel::RTCDataChannel;
@@ -30,7 +30,6 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use webrtc::rtp::extension::HeaderExtension;
-use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
 /// For tests whose calls are big enough that two at once starve the CPU of
@@ -184,7 +183,7 @@ pub struct Peer {
     pub state: Arc<Mutex<PeerState>>,
     publishing: Arc<AtomicBool>,
     /// PLIs this peer received as a publisher.
-    pub plis_received: Arc<AtomicU64>,
+    keyframe_requests: Option<Arc<KeyframeRequests>>,
     pub answer_sdp: String,
 }
 
@@ -239,7 +238,7 @@ impl Peer {
         let pc = rtc::loopback_peer_connection().await.unwrap();
         let state = Arc::new(Mutex::new(PeerState::default()));
         let publishing = Arc::new(AtomicBool::new(true));
-        let plis_received = Arc::new(AtomicU64::new(0));
+        let mut keyframe_requests = None;
         if options.audio {
             let track = rtc::add_audio(&pc, &options.userid).await.unwrap();
             tokio::spawn(publish_audio(track, options.marker, options.audio_level, publishing.clone()));
@@ -247,7 +246,9 @@ impl Peer {
         if options.video != Video::None {
             let (tracks, sender) =
                 rtc::add_video(&pc, &options.userid, options.video == Video::Simulcast).await.unwrap();
-            tokio::spawn(publish_video(tracks, sender, publishing.clone(), plis_received.clone()));
+            let requests = rtc::watch_plis(&sender, &tracks);
+            keyframe_requests = Some(requests.clone());
+            tokio::spawn(publish_video(tracks, requests, publishing.clone()));
         }
         rtc::add_receive_slots(&pc, options.audio_slots, options.video_slots).await.unwrap();
         let reader_state = state.clone();
@@ -285,7 +286,7 @@ impl Peer {
         pc.set_local_description(offer).await.unwrap();
         let _ = gathered.recv().await;
         let sessid = format!("{}-{}", options.userid, rand_suffix() % 100_000);
-        Self { options, sessid, pc, channel, state, publishing, plis_received, answer_sdp: String::new() }
+        Self { options, sessid, pc, channel, state, publishing, keyframe_requests, answer_sdp: String::new() }
     }
 
     pub async fn accept_answer(mut self, sdp: String) -> Self {
@@ -295,6 +296,11 @@ impl Peer {
         wait_for(&format!("{}'s data channel to open", self.options.userid), || state.lock().unwrap().channel_open)
             .await;
         self
+    }
+
+    /// How many PLIs reached this peer's video layers so far.
+    pub fn plis_received(&self) -> u64 {
+        self.keyframe_requests.as_ref().map_or(0, |requests| requests.received())
     }
 
     pub fn confpart(&self) -> Option<Value> {
@@ -413,44 +419,28 @@ async fn publish_audio(track: Arc<TrackLocalStaticSample>, marker: u8, level: u8
     }
 }
 
-/// Plays each layer's IVF file in a loop at 15 fps; a PLI restarts every
-/// layer at its keyframe.
-async fn publish_video(
-    tracks: Vec<VideoTrack>,
-    sender: Arc<RTCRtpSender>,
-    publishing: Arc<AtomicBool>,
-    plis_received: Arc<AtomicU64>,
-) {
+/// Plays each layer's IVF file in a loop at 15 fps; a PLI restarts its
+/// layer at the file's keyframe.
+async fn publish_video(tracks: Vec<VideoTrack>, keyframes_wanted: Arc<KeyframeRequests>, publishing: Arc<AtomicBool>) {
     let files: Vec<Vec<Vec<u8>>> = tracks.iter().map(|(_, name)| ivf::layer_file(name)).collect();
-    let keyframe_wanted = Arc::new(AtomicBool::new(false));
-    let wanted = keyframe_wanted.clone();
-    tokio::spawn(async move {
-        while let Ok((packets, _)) = sender.read_rtcp().await {
-            let plis = packets.iter().filter(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some()).count();
-            if plis > 0 {
-                plis_received.fetch_add(plis as u64, Ordering::SeqCst);
-                wanted.store(true, Ordering::SeqCst);
-            }
-        }
-    });
     let mut tick = tokio::time::interval(Duration::from_millis(66));
-    let mut frame = 0;
+    let mut frames = vec![0usize; tracks.len()];
     while publishing.load(Ordering::SeqCst) {
         tick.tick().await;
-        if keyframe_wanted.swap(false, Ordering::SeqCst) {
-            frame = 0;
-        }
-        for ((track, _), file) in tracks.iter().zip(&files) {
+        for (layer, (((track, _), file), frame)) in tracks.iter().zip(&files).zip(&mut frames).enumerate() {
+            if keyframes_wanted.take(layer) {
+                *frame = 0;
+            }
             let sample = Sample {
-                data: file[frame % file.len()].clone().into(),
+                data: file[*frame % file.len()].clone().into(),
                 duration: Duration::from_millis(66),
                 ..Default::default()
             };
             if track.write_sample(&sample).await.is_err() {
                 return;
             }
+            *frame = (*frame + 1) % file.len();
         }
-        frame = (frame + 1) % files[0].len();
     }
 }
 
