@@ -99,10 +99,15 @@ impl DropReason {
 
 const LINKS_HELP: &str = "Federation links to peer SFTs, by state";
 const RELAY_BYTES_HELP: &str = "Bytes on federation relay links";
+const CONNECTIONS_HELP: &str =
+    "Relay connections established with peer SFTs (in: the peer dialled); a count that keeps rising means a flapping link";
 
 /// The labelled families that may have no series yet: name, help, type.
-const PEER_FAMILIES: [(&str, &str, &str); 2] =
-    [("sft_federation_links", LINKS_HELP, "gauge"), ("sft_federation_relay_bytes_total", RELAY_BYTES_HELP, "counter")];
+const PEER_FAMILIES: [(&str, &str, &str); 3] = [
+    ("sft_federation_links", LINKS_HELP, "gauge"),
+    ("sft_federation_relay_bytes_total", RELAY_BYTES_HELP, "counter"),
+    ("sft_federation_connections_total", CONNECTIONS_HELP, "counter"),
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -117,6 +122,7 @@ pub struct Metrics {
     pub draining: IntGauge,
     federation_links: IntGaugeVec,
     federation_relay_bytes: IntCounterVec,
+    federation_connections: IntCounterVec,
     federation_rejected: IntCounterVec,
     stream_loss: HistogramVec,
     receiver_estimate: HistogramVec,
@@ -164,6 +170,11 @@ impl Metrics {
             &["peer_domain", "direction"],
         )
         .expect("valid metric");
+        let federation_connections = IntCounterVec::new(
+            Opts::new("sft_federation_connections_total", CONNECTIONS_HELP),
+            &["peer_domain", "direction"],
+        )
+        .expect("valid metric");
         let federation_rejected = IntCounterVec::new(
             Opts::new("sft_federation_rejected_total", "Federation requests rejected, by reason"),
             &["reason"],
@@ -199,6 +210,7 @@ impl Metrics {
             Box::new(draining.clone()),
             Box::new(federation_links.clone()),
             Box::new(federation_relay_bytes.clone()),
+            Box::new(federation_connections.clone()),
             Box::new(federation_rejected.clone()),
             Box::new(stream_loss.clone()),
             Box::new(receiver_estimate.clone()),
@@ -237,6 +249,7 @@ impl Metrics {
             draining,
             federation_links,
             federation_relay_bytes,
+            federation_connections,
             federation_rejected,
             stream_loss,
             receiver_estimate,
@@ -266,6 +279,13 @@ impl Metrics {
         for s in ["up", "down", "connecting"] {
             self.federation_links.with_label_values(&[peer_domain, s]).set(i64::from(s == state));
         }
+    }
+
+    /// Counts a relay connection with `peer_domain` that came up; `inbound`
+    /// when the peer dialled.
+    pub fn federation_connection(&self, peer_domain: &str, inbound: bool) {
+        let direction = if inbound { "in" } else { "out" };
+        self.federation_connections.with_label_values(&[peer_domain, direction]).inc();
     }
 
     pub fn relay_bytes(&self, peer_domain: &str, direction: &str) -> IntCounter {

@@ -360,11 +360,14 @@ impl Conference {
         if !self.links.contains_key(&link) {
             return;
         }
-        let announced: Vec<u64> = entries.iter().map(|e| e.id).collect();
+        // Gone: every participant of this link the roster no longer names,
+        // or names as someone else (a restarted SFT may reuse an id).
+        let still_here =
+            |remote_id: u64, identity: &Identity| entries.iter().any(|e| e.id == remote_id && e.identity == *identity);
         let gone: Vec<ParticipantId> = self
             .participants
             .iter()
-            .filter(|(_, p)| matches!(p.origin, Origin::Remote { link: l, remote_id } if l == link && !announced.contains(&remote_id)))
+            .filter(|(_, p)| matches!(p.origin, Origin::Remote { link: l, remote_id } if l == link && !still_here(remote_id, &p.identity)))
             .map(|(id, _)| *id)
             .collect();
         for id in gone {

@@ -454,6 +454,31 @@ fn a_roster_without_someone_removes_them() {
     assert_eq!(sim.conf.counts(), (1, 1));
 }
 
+#[test]
+fn a_roster_naming_an_id_as_someone_else_replaces_the_participant() {
+    // A restarted SFT numbers its participants afresh: its id 1 may now be
+    // another person than the one this side knew as 1.
+    let mut sim = Sim::new();
+    sim.join(1, spec("local", &[], 1));
+    let b = LinkId(3);
+    sim.conf.attach_link(sim.now, b);
+    let mut next = 10;
+    let mut ids = || {
+        next += 1;
+        ParticipantId(next)
+    };
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(1, "old", "b")], &mut ids);
+    let old = sim.conf.remote_participant(b, 1).unwrap();
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(1, "new", "b")], &mut ids);
+    let new = sim.conf.remote_participant(b, 1).unwrap();
+    assert_ne!(old, new, "a new participant, not the old one renamed");
+    assert_eq!(sim.conf.counts(), (1, 1));
+    sim.drain();
+    let Some(ServerMessage::ConfPart { participants, .. }) = sim.last_confpart(1) else { panic!() };
+    let names: Vec<&str> = participants.iter().map(|p| p.userid.as_str()).collect();
+    assert_eq!(names, vec!["local", "new"]);
+}
+
 /// Payload bytes per 10 ms of each test layer: with the 56 bytes of packet
 /// overhead the core counts, about 125, 285 and 845 kbit/s.
 const LAYER_BYTES: [(Layer, usize); 3] = [(Layer::Low, 100), (Layer::Medium, 300), (Layer::High, 1000)];

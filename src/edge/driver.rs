@@ -116,7 +116,10 @@ impl Driver {
             sessions: HashMap::new(),
             conferences: HashMap::new(),
             conference_numbers: HashMap::new(),
-            next_participant: 1,
+            // Ids start at a random point: relay rosters name participants by
+            // id, and a restarted process should not reuse the ids its
+            // previous life announced to peers (who also compare identities).
+            next_participant: (u64::from(rand::random::<u32>()) << 20) + 1,
             next_conference: 1,
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             links: HashMap::new(),
@@ -524,13 +527,21 @@ impl Driver {
             old.close(0u32.into(), b"replaced by a newer connection");
         }
         entry.control = Some(control);
-        // A federated node re-attaches its conferences; the anchor re-sends rosters.
+        // A federated node re-attaches its conferences. The anchor waits for
+        // those attaches: a peer that restarted has forgotten its channels,
+        // and the participants of those it does not re-attach leave after
+        // `federation.link_timeout`.
         for (number, channel) in self.channels.on_link(link) {
-            if let (Some((conf_id, token)), Some(l)) = (self.attachments.get(&(link, channel)), self.links.get(&link)) {
+            let attachment = self.attachments.get(&(link, channel));
+            if let (Some((conf_id, token)), Some(l)) = (attachment, self.links.get(&link)) {
                 l.send_control(Control::Attach { channel, conf_id: conf_id.clone(), relay_token: token.clone() });
             }
             if let Some(conference) = self.conferences.get_mut(&number) {
-                conference.attach_link(now, link);
+                if attachment.is_some() {
+                    conference.attach_link(now, link);
+                } else {
+                    conference.link_lost(now, link);
+                }
             }
             self.drain_conference(number);
         }
@@ -585,7 +596,9 @@ impl Driver {
                 let Ok(conf_id) = ConfId::parse(&conf_id) else { return };
                 let key = ConferenceKey { anchor_domain: self.domain.clone(), conf_id };
                 let (number, _) = self.conference_number(&key);
-                self.channels.insert(link, channel, number);
+                if let Some(displaced) = self.channels.insert(link, channel, number) {
+                    self.leave_link(now, link, displaced);
+                }
                 if let Some(conference) = self.conferences.get_mut(&number) {
                     conference.attach_link(now, link);
                 }
@@ -633,6 +646,12 @@ impl Driver {
         let Some(number) = self.channels.conference(link, channel) else { return };
         self.channels.remove(link, channel);
         self.attachments.remove(&(link, channel));
+        self.leave_link(now, link, number);
+    }
+
+    /// Conference `number` no longer travels on `link`: the participants
+    /// behind it leave.
+    fn leave_link(&mut self, now: Instant, link: LinkId, number: u64) {
         if let Some(conference) = self.conferences.get_mut(&number) {
             conference.detach_link(now, link);
         }

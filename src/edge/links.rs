@@ -59,9 +59,21 @@ pub struct Channels {
 }
 
 impl Channels {
-    pub fn insert(&mut self, link: LinkId, channel: u32, conference: u64) {
-        self.by_channel.insert((link, channel), conference);
-        self.by_conference.insert((conference, link), channel);
+    /// Maps `(link, channel)` to `conference`, replacing whatever either
+    /// side was mapped to: a peer that restarted numbers its channels
+    /// afresh, so its channel may now carry another conference. Returns the
+    /// conference that lost its channel on `link`, if any.
+    pub fn insert(&mut self, link: LinkId, channel: u32, conference: u64) -> Option<u64> {
+        if let Some(old_channel) = self.by_conference.insert((conference, link), channel) {
+            if old_channel != channel {
+                self.by_channel.remove(&(link, old_channel));
+            }
+        }
+        let displaced = self.by_channel.insert((link, channel), conference).filter(|old| *old != conference);
+        if let Some(old) = displaced {
+            self.by_conference.remove(&(old, link));
+        }
+        displaced
     }
 
     pub fn conference(&self, link: LinkId, channel: u32) -> Option<u64> {
@@ -101,5 +113,25 @@ pub fn str0m_codec(codec: RelayCodec) -> str0m::format::Codec {
     match codec {
         RelayCodec::Opus => str0m::format::Codec::Opus,
         RelayCodec::Vp8 => str0m::format::Codec::Vp8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_reused_for_another_conference_displaces_the_old_one() {
+        let mut channels = Channels::default();
+        let link = LinkId(1);
+        assert_eq!(channels.insert(link, 1, 10), None);
+        assert_eq!(channels.insert(link, 1, 10), None, "the same mapping again");
+        assert_eq!(channels.insert(link, 1, 20), Some(10));
+        assert_eq!(channels.conference(link, 1), Some(20));
+        assert_eq!(channels.channel(10, link), None, "conference 10 no longer travels on the link");
+        // A conference that moves to another channel leaves its old one.
+        assert_eq!(channels.insert(link, 2, 20), None);
+        assert_eq!(channels.conference(link, 1), None);
+        assert_eq!(channels.on_link(link), vec![(20, 2)]);
     }
 }

@@ -14,7 +14,7 @@ use axum::{Extension, Json, Router};
 use hmac::{Hmac, Mac};
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
@@ -39,38 +39,43 @@ pub struct JoinAnswer {
     pub relay_token: String,
 }
 
-/// Relay tokens: HMAC of the peer domain and conference under a secret of
-/// this process, so the relay can check an attach without shared state.
+/// Relay tokens: HMAC of the peer domain and conference, so the relay can
+/// check an attach without shared state.
+///
+/// The HMAC key is derived from this SFT's federation private key: a
+/// restarted process, and every replica of the domain that holds the same
+/// key, accept the tokens any of them issued, so a federated SFT can
+/// re-attach its conferences after the anchor restarts. Issuing a new key
+/// retires the old tokens.
 pub struct Tokens {
     secret: [u8; 32],
 }
 
 impl Tokens {
-    pub fn new() -> Self {
-        Self { secret: rand::random() }
+    /// Tokens keyed by `private_key` (DER), under a label of their own so
+    /// the hash reveals nothing usable elsewhere.
+    pub fn derived_from(private_key: &[u8]) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(b"sft relay token key v1\0");
+        hash.update(private_key);
+        Self { secret: hash.finalize().into() }
     }
 
     pub fn issue(&self, peer_domain: &str, conf_id: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
-        mac.update(peer_domain.as_bytes());
-        mac.update(b"|");
-        mac.update(conf_id.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        hex::encode(self.mac(peer_domain, conf_id).finalize().into_bytes())
     }
 
     pub fn check(&self, peer_domain: &str, conf_id: &str, token: &str) -> bool {
         let Ok(token) = hex::decode(token) else { return false };
+        self.mac(peer_domain, conf_id).verify_slice(&token).is_ok()
+    }
+
+    fn mac(&self, peer_domain: &str, conf_id: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
         mac.update(peer_domain.as_bytes());
         mac.update(b"|");
         mac.update(conf_id.as_bytes());
-        mac.verify_slice(&token).is_ok()
-    }
-}
-
-impl Default for Tokens {
-    fn default() -> Self {
-        Self::new()
+        mac
     }
 }
 
@@ -259,12 +264,13 @@ mod tests {
 
     #[test]
     fn tokens_bind_peer_and_conference() {
-        let tokens = Tokens::new();
+        let tokens = Tokens::derived_from(b"key one");
         let token = tokens.issue("b.example", "room");
         assert!(tokens.check("b.example", "room", &token));
         assert!(!tokens.check("c.example", "room", &token));
         assert!(!tokens.check("b.example", "other", &token));
         assert!(!tokens.check("b.example", "room", "zz"));
-        assert!(!Tokens::new().check("b.example", "room", &token), "another process's secret");
+        assert!(Tokens::derived_from(b"key one").check("b.example", "room", &token), "a restart, same key");
+        assert!(!Tokens::derived_from(b"key two").check("b.example", "room", &token), "another key");
     }
 }

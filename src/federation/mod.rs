@@ -62,6 +62,8 @@ pub struct Federation {
     outbound: Mutex<HashMap<String, LinkId>>,
     /// Links from federated SFTs that dial us, by their domain.
     inbound: Mutex<HashMap<String, LinkId>>,
+    /// Held while a first dial to an anchor domain is under way.
+    dial_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     next_link: AtomicU32,
 }
 
@@ -91,7 +93,7 @@ impl Federation {
             source,
         })?;
         let control_addr = listener.local_addr().expect("bound socket has an address");
-        let tokens = Arc::new(Tokens::new());
+        let tokens = Arc::new(trust.relay_tokens());
         let server = Arc::new(ControlServer {
             trust: trust.clone(),
             tokens: tokens.clone(),
@@ -115,6 +117,7 @@ impl Federation {
             metrics,
             outbound: Mutex::new(HashMap::new()),
             inbound: Mutex::new(HashMap::new()),
+            dial_locks: Mutex::new(HashMap::new()),
             next_link: AtomicU32::new(1),
         });
         tokio::spawn(federation.clone().accept_links());
@@ -145,6 +148,11 @@ impl Federation {
             }
             _ => FederationError::Unreachable(e.to_string()),
         })?;
+        // One dial per anchor domain at a time: concurrent first joins wait
+        // for the first dial and share its link.
+        let dial_lock =
+            self.dial_locks.lock().expect("links lock").entry(anchor_domain.to_owned()).or_default().clone();
+        let _dialling = dial_lock.lock().await;
         let existing = self.outbound.lock().expect("links lock").get(anchor_domain).copied();
         let link = match existing {
             Some(link) => link,

@@ -154,6 +154,7 @@ pub async fn run_link(
 ) {
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     tracing::info!(peer = %domain, %link, inbound, "relay link up");
+    federation.metrics.federation_connection(&domain, inbound);
     let replies = control_tx.clone();
     federation.edge.link_up(link, domain.clone(), connection.clone(), control_tx).await;
     let writer = tokio::spawn(async move {

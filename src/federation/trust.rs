@@ -7,6 +7,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use super::control::Tokens;
 use crate::config::{FederationConfig, Strategy};
 use crate::tls::{self, TlsError};
 
@@ -100,6 +101,11 @@ impl Trust {
     }
 
     /// A TLS server that demands a client certificate chaining to the peer CAs.
+    /// Relay tokens keyed by this SFT's private key (see [`Tokens`]).
+    pub fn relay_tokens(&self) -> Tokens {
+        Tokens::derived_from(self.key.secret_der())
+    }
+
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), tls::provider())
             .build()

@@ -1,7 +1,7 @@
 //! The `sft` binary as a child process on loopback, for tests that kill it.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ pub struct SftProcess {
     child: Child,
     pub signalling: SocketAddr,
     pub metrics: SocketAddr,
+    media: SocketAddr,
     config: PathBuf,
 }
 
@@ -26,23 +27,9 @@ impl SftProcess {
         std::fs::write(&config, toml).unwrap();
         let (signalling, metrics) = (free_tcp(ip), free_tcp(ip));
         let media = UdpSocket::bind(format!("{ip}:0")).unwrap().local_addr().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sft"))
-            .arg("--config")
-            .arg(&config)
-            .env("SFT_SIGNALLING__LISTEN", format!("\"{signalling}\""))
-            .env("SFT_METRICS__LISTEN", format!("\"{metrics}\""))
-            .env("SFT_MEDIA__LISTEN", format!("\"{media}\""))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the sft binary starts");
-        let process = Self { child, signalling, metrics, config };
-        let deadline = Instant::now() + super::TIMEOUT;
-        let ready = format!("http://{metrics}/readyz");
-        while !reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
-            assert!(Instant::now() < deadline, "the sft process never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let child = spawn(&config, signalling, metrics, media);
+        let process = Self { child, signalling, metrics, media, config };
+        process.wait_until_ready().await;
         process
     }
 
@@ -51,6 +38,36 @@ impl SftProcess {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+
+    /// SIGKILL, then the same binary again with the same config and ports,
+    /// as a supervisor restarts a crashed SFT.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.config, self.signalling, self.metrics, self.media);
+        self.wait_until_ready().await;
+    }
+
+    async fn wait_until_ready(&self) {
+        let deadline = Instant::now() + super::TIMEOUT;
+        let ready = format!("http://{}/readyz", self.metrics);
+        while !reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "the sft process never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn spawn(config: &Path, signalling: SocketAddr, metrics: SocketAddr, media: SocketAddr) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sft"))
+        .arg("--config")
+        .arg(config)
+        .env("SFT_SIGNALLING__LISTEN", format!("\"{signalling}\""))
+        .env("SFT_METRICS__LISTEN", format!("\"{metrics}\""))
+        .env("SFT_MEDIA__LISTEN", format!("\"{media}\""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the sft binary starts")
 }
 
 impl Signalling for SftProcess {
