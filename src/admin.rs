@@ -1,4 +1,5 @@
-//! The metrics port: `GET /metrics`, `/healthz`, `/readyz`, `POST /admin/drain`.
+//! The metrics port: `GET /metrics`, `/healthz`, `/readyz`, `POST /admin/drain`,
+//! `POST /admin/reload`.
 
 use std::sync::Arc;
 
@@ -10,10 +11,12 @@ use axum::Router;
 
 use crate::drain::Drain;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
+    pub reloader: Arc<Reloader>,
 }
 
 pub fn router(state: Arc<Admin>) -> Router {
@@ -22,6 +25,7 @@ pub fn router(state: Arc<Admin>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/admin/drain", post(drain))
+        .route("/admin/reload", post(reload))
         .with_state(state)
 }
 
@@ -41,4 +45,11 @@ async fn drain(State(state): State<Arc<Admin>>) -> impl IntoResponse {
     state.drain.start();
     state.metrics.draining.set(1);
     (StatusCode::ACCEPTED, "draining\n")
+}
+
+async fn reload(State(state): State<Arc<Admin>>) -> impl IntoResponse {
+    match state.reloader.reload() {
+        Ok(()) => (StatusCode::OK, "reloaded\n".to_owned()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed, nothing changed: {e}\n")),
+    }
 }

@@ -82,6 +82,8 @@ struct RawFederation {
     via_federator: Option<String>,
     link_timeout: f64,
     relay: String,
+    max_conferences_per_link: usize,
+    max_control_rate: u32,
 }
 
 /// Which peer domains this SFT federates with, inbound and outbound alike.
@@ -120,6 +122,10 @@ pub struct FederationConfig {
     pub link_timeout: Duration,
     /// Whether relay links bring every stream or what this SFT's clients use.
     pub relay: RelayMode,
+    /// Conferences one peer's relay link may attach here.
+    pub max_conferences_per_link: usize,
+    /// Control messages a second this SFT reads from one relay link.
+    pub max_control_rate: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -140,6 +146,15 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// `None` while federation is off.
     pub federation: Option<FederationConfig>,
+    /// Where this configuration came from, to read it again on reload.
+    source: Source,
+}
+
+/// The file and the `SFT_*` environment variables a configuration was read from.
+#[derive(Debug, Clone, Default)]
+struct Source {
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -184,13 +199,21 @@ impl Config {
                 .map_err(|e: toml::de::Error| ConfigError::Parse(format!("{}: {}", path.display(), e.message())))?;
             merge(&mut table, overlay);
         }
-        for (name, value) in env {
-            apply_env(&mut table, &name, &value);
+        let env: Vec<(String, String)> = env.into_iter().filter(|(name, _)| name.starts_with("SFT_")).collect();
+        for (name, value) in &env {
+            apply_env(&mut table, name, value);
         }
         let raw: RawConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_owned()))?;
-        raw.check()
+        let mut config = raw.check()?;
+        config.source = Source { file: file.map(Path::to_owned), env };
+        Ok(config)
+    }
+
+    /// The same file and environment read again: what a reload applies.
+    pub fn reread(&self) -> Result<Self, ConfigError> {
+        Self::load(self.source.file.as_deref(), self.source.env.clone())
     }
 
     /// `--public-ip` from the command line wins over the files.
@@ -333,6 +356,7 @@ impl RawConfig {
             limits: self.limits,
             metrics_listen: socket_addr("metrics.listen", &self.metrics.listen)?,
             federation,
+            source: Source::default(),
         })
     }
 }
@@ -382,6 +406,18 @@ impl RawFederation {
                 why: "must be between 0 and 3600 seconds".into(),
             });
         }
+        if self.max_conferences_per_link == 0 {
+            return Err(ConfigError::Invalid {
+                key: "federation.max_conferences_per_link",
+                why: "must be at least 1".into(),
+            });
+        }
+        if !(10..=100_000).contains(&self.max_control_rate) {
+            return Err(ConfigError::Invalid {
+                key: "federation.max_control_rate",
+                why: "must be between 10 and 100000 messages a second".into(),
+            });
+        }
         let relay = match self.relay.as_str() {
             "all" => RelayMode::All,
             "demand" => RelayMode::Demand,
@@ -405,6 +441,8 @@ impl RawFederation {
             via_federator: self.via_federator.map(|u| u.trim_end_matches('/').to_owned()),
             link_timeout: Duration::from_secs_f64(self.link_timeout),
             relay,
+            max_conferences_per_link: self.max_conferences_per_link,
+            max_control_rate: self.max_control_rate,
         }))
     }
 }

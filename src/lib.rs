@@ -15,6 +15,7 @@ pub mod federation;
 pub mod load;
 pub mod metrics;
 pub mod process;
+pub mod reload;
 pub mod server;
 pub mod signalling;
 pub mod tls;

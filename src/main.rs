@@ -103,6 +103,16 @@ async fn run(config: Config) -> ExitCode {
         domain = %config.domain,
         "sft running"
     );
+    let mut hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler installs");
+    let reloader = server.reloader.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            // The outcome is logged and counted; a failed reload changes nothing.
+            let _ = reloader.reload();
+        }
+    });
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {

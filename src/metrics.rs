@@ -124,6 +124,8 @@ pub struct Metrics {
     federation_relay_bytes: IntCounterVec,
     federation_connections: IntCounterVec,
     federation_rejected: IntCounterVec,
+    certificate_expiry: IntGauge,
+    reloads: IntCounterVec,
     stream_loss: HistogramVec,
     receiver_estimate: HistogramVec,
 }
@@ -180,6 +182,16 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let certificate_expiry = IntGauge::new(
+            "sft_federation_certificate_expiry_timestamp_seconds",
+            "When this SFT's federation certificate expires (Unix time); 0 if unknown",
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("sft_config_reloads_total", "Reloads of the federation credentials (SIGHUP, POST /admin/reload)"),
+            &["result"],
+        )
+        .expect("valid metric");
         let stream_loss = HistogramVec::new(
             HistogramOpts::new(
                 "sft_stream_loss_ratio",
@@ -212,6 +224,8 @@ impl Metrics {
             Box::new(federation_relay_bytes.clone()),
             Box::new(federation_connections.clone()),
             Box::new(federation_rejected.clone()),
+            Box::new(certificate_expiry.clone()),
+            Box::new(reloads.clone()),
             Box::new(stream_loss.clone()),
             Box::new(receiver_estimate.clone()),
         ] {
@@ -229,6 +243,9 @@ impl Metrics {
         }
         for reason in crate::federation::Rejection::ALL {
             federation_rejected.with_label_values(&[reason.label()]);
+        }
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
         }
         for direction in ["in", "out"] {
             stream_loss.with_label_values(&[direction]);
@@ -251,6 +268,8 @@ impl Metrics {
             federation_relay_bytes,
             federation_connections,
             federation_rejected,
+            certificate_expiry,
+            reloads,
             stream_loss,
             receiver_estimate,
         }
@@ -271,7 +290,12 @@ impl Metrics {
     }
 
     pub fn federation_rejected(&self, reason: &str) {
-        self.federation_rejected.with_label_values(&[reason]).inc();
+        self.federation_rejected_many(reason, 1);
+    }
+
+    /// Counts `count` rejections at once (entries of one roster).
+    pub fn federation_rejected_many(&self, reason: &str, count: usize) {
+        self.federation_rejected.with_label_values(&[reason]).inc_by(count as u64);
     }
 
     /// Marks the link to `peer_domain` as `state` (`up`, `down`, `connecting`).
@@ -286,6 +310,16 @@ impl Metrics {
     pub fn federation_connection(&self, peer_domain: &str, inbound: bool) {
         let direction = if inbound { "in" } else { "out" };
         self.federation_connections.with_label_values(&[peer_domain, direction]).inc();
+    }
+
+    /// When the federation certificate in use expires (Unix seconds).
+    pub fn federation_certificate_expiry(&self, expires_at: Option<i64>) {
+        self.certificate_expiry.set(expires_at.unwrap_or(0));
+    }
+
+    /// Counts a reload and whether it took.
+    pub fn reloaded(&self, success: bool) {
+        self.reloads.with_label_values(&[if success { "success" } else { "failure" }]).inc();
     }
 
     pub fn relay_bytes(&self, peer_domain: &str, direction: &str) -> IntCounter {

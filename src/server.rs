@@ -16,6 +16,7 @@ use crate::drain::Drain;
 use crate::edge::{self, EdgeHandle};
 use crate::federation::{Federation, Listening};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::signalling::{self, Signalling};
 use crate::tls::{self, TlsError};
 
@@ -37,6 +38,8 @@ pub struct Server {
     /// Where federation listens, when it is on.
     pub federation: Option<Listening>,
     pub drain: Arc<Drain>,
+    /// Applies a changed configuration (SIGHUP, `POST /admin/reload`).
+    pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
     edge: EdgeHandle,
 }
@@ -59,7 +62,8 @@ impl Server {
         let (federation, federation_addrs) = match &config.federation {
             Some(federation_config) => {
                 let (federation, listening) =
-                    Federation::start(&config.domain, federation_config, edge.clone(), metrics.clone()).await?;
+                    Federation::start(&config.domain, federation_config, edge.clone(), metrics.clone(), drain.clone())
+                        .await?;
                 (Some(federation), Some(listening))
             }
             None => (None, None),
@@ -73,8 +77,9 @@ impl Server {
             allow_origin: config.signalling.allow_origin.clone(),
             metrics: metrics.clone(),
             drain: drain.clone(),
-            federation,
+            federation: federation.clone(),
         });
+        let federation_handle = federation;
         let signalling_router = signalling::router(signalling_state);
         match signalling_tls {
             Some(tls) => tokio::spawn(serve_tls(signalling_listener, signalling_router, tls)),
@@ -83,10 +88,21 @@ impl Server {
 
         let metrics_listener = bind("metrics", config.metrics_listen).await?;
         let metrics_addr = metrics_listener.local_addr().expect("bound socket has an address");
-        let admin_state = Arc::new(Admin { metrics: metrics.clone(), drain: drain.clone() });
+        let reloader = Arc::new(Reloader::new(config.clone(), federation_handle, metrics.clone()));
+        let admin_state =
+            Arc::new(Admin { metrics: metrics.clone(), drain: drain.clone(), reloader: reloader.clone() });
         tokio::spawn(serve(metrics_listener, admin::router(admin_state)));
 
-        Ok(Self { signalling_addr, media_addr, metrics_addr, federation: federation_addrs, drain, metrics, edge })
+        Ok(Self {
+            signalling_addr,
+            media_addr,
+            metrics_addr,
+            federation: federation_addrs,
+            drain,
+            reloader,
+            metrics,
+            edge,
+        })
     }
 
     /// Starts draining and waits until every session has ended or `timeout`
@@ -94,14 +110,17 @@ impl Server {
     pub async fn drain_and_wait(&self, timeout: Duration) -> bool {
         self.drain.start();
         self.metrics.draining.set(1);
+        self.edge.drain().await;
         let deadline = Instant::now() + timeout;
         loop {
-            let participants = self.edge.stats().await.map_or(0, |s| s.participants);
-            if participants == 0 {
+            // Calls here include those this SFT anchors for other SFTs' clients only.
+            let Some(stats) = self.edge.stats().await else { return true };
+            let (participants, remote) = (stats.participants, stats.remote_participants);
+            if participants == 0 && remote == 0 {
                 return true;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(participants, "drain timeout passed; exiting with calls still running");
+                tracing::warn!(participants, remote, "drain timeout passed; exiting with calls still running");
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(200).min(deadline - Instant::now())).await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fed::{on, peers_table, Certs};
+use common::fed::{free_udp_port, on, peers_table, Certs};
 use common::ivf::width_of;
 use common::process::SftProcess;
 use common::{wait_for, Peer, PeerOptions, TestSft, Video};
@@ -90,10 +90,6 @@ async fn five_peers_on_three_sfts(relay: &str) {
     assert_eq!(b.metric("sft_participants{role=\"remote\"}").await, 3.0);
     assert_eq!(a.metric("sft_federation_links{peer_domain=\"b.example\",state=\"up\"}").await, 1.0);
     assert!(b.metric("sft_federation_relay_bytes_total{direction=\"in\",peer_domain=\"a.example\"}").await > 0.0);
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::fed::{on, Certs};
+use common::fed::{fixed_ports_toml, free_udp_port, on, peers_at, Certs};
 use common::process::SftProcess;
 use common::{wait_for_within, Peer, PeerOptions, TestSft, Video};
 use sft::load::impair::{ImpairedPath, Impairment};
@@ -15,31 +15,6 @@ use sft::load::impair::{ImpairedPath, Impairment};
 /// Issue 12: a restarted peer's participants reach everyone who stayed
 /// within this long, without anyone rejoining.
 const RECOVERY: Duration = Duration::from_secs(10);
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `"domain" = "address"`: where a federated SFT finds the anchor's control plane.
-fn peers_at(domain: &str, control: &str) -> String {
-    format!("peers = {{ \"{domain}\" = \"{control}\" }}\n")
-}
-
-/// A federation config for `domain` on `ip` whose control plane and relay
-/// keep their ports across restarts; returns it with the control address.
-fn fixed_ports_toml(certs: &Certs, domain: &str, ip: &str, extra: &str) -> (String, String) {
-    let (control, relay) = (free_tcp_port(), free_udp_port());
-    let toml = certs.federation_toml(domain, ip, extra).replace(
-        &format!("listen = \"{ip}:0\"\nrelay_listen = \"{ip}:0\""),
-        &format!("listen = \"{ip}:{control}\"\nrelay_listen = \"{ip}:{relay}\""),
-    );
-    assert!(toml.contains(&format!(":{relay}\"")), "fixed ports in {toml}");
-    (toml, format!("{ip}:{control}"))
-}
 
 /// `viewer` hears `marker`'s audio and decodes video from `userid`: its
 /// slot of `userid` gets a keyframe and frames after it.

@@ -243,6 +243,13 @@ impl Conference {
         (local, self.participants.len() - local)
     }
 
+    /// Participants here that are not behind `link`: the ones a roster
+    /// from `link` adds to.
+    pub fn participants_not_behind(&self, link: LinkId) -> usize {
+        let behind = |p: &&Participant| matches!(p.origin, Origin::Remote { link: l, .. } if l == link);
+        self.participants.values().filter(|p| !behind(p)).count()
+    }
+
     pub fn origin(&self, id: ParticipantId) -> Option<Origin> {
         self.participants.get(&id).map(|p| p.origin)
     }
@@ -458,6 +465,20 @@ impl Conference {
             .and_then(|s| s.rewriter.source());
         if let Some(source) = source {
             self.request_keyframe(now, source);
+        }
+    }
+
+    /// The SFT behind `link` asks for a keyframe of `stream` for its
+    /// receivers. It passes the same per-stream throttle as local requests,
+    /// so a peer cannot flood a publisher with PLIs; a stream of the
+    /// link's own participants, or of nobody here, is ignored.
+    pub fn handle_relayed_keyframe_request(&mut self, now: Instant, link: LinkId, stream: StreamKey) {
+        let known = self.participants.get(&stream.participant).is_some_and(|p| match p.origin {
+            Origin::Local => true,
+            Origin::Remote { link: from, .. } => from != link,
+        });
+        if known && stream.kind == MediaKind::Video {
+            self.request_keyframe(now, stream);
         }
     }
 

@@ -10,9 +10,11 @@ pub mod conference;
 pub mod ids;
 pub mod keyframe;
 pub mod messages;
+pub mod pacing;
 pub mod probing;
 pub mod relay_demand;
 pub mod rewrite;
+pub mod roster_policy;
 pub mod selection;
 pub mod speakers;
 

@@ -279,6 +279,33 @@ fn receiver_keyframe_requests_reach_the_source_throttled() {
 }
 
 #[test]
+fn relayed_keyframe_requests_share_the_throttle_and_name_only_others() {
+    let mut sim = Sim::new();
+    sim.join(1, spec("a", &[Layer::High], 0));
+    let b = LinkId(1);
+    sim.conf.attach_link(sim.now, b);
+    sim.conf.handle_roster(sim.now, b, vec![roster_entry(7, "bob", "b.example")], || ParticipantId(50));
+    let a_video = StreamKey::video(ParticipantId(1), Layer::High);
+    sim.advance(Duration::from_secs(1));
+    sim.outputs.clear();
+    // A flood from the peer reaches the publisher once per throttle interval.
+    for _ in 0..1000 {
+        sim.conf.handle_relayed_keyframe_request(sim.now, b, a_video);
+    }
+    sim.drain();
+    assert_eq!(sim.keyframe_requests(), vec![a_video]);
+    sim.outputs.clear();
+    // Its own participant, someone unknown, and audio: nothing.
+    sim.advance(Duration::from_secs(1));
+    sim.outputs.clear();
+    sim.conf.handle_relayed_keyframe_request(sim.now, b, StreamKey::video(ParticipantId(50), Layer::High));
+    sim.conf.handle_relayed_keyframe_request(sim.now, b, StreamKey::video(ParticipantId(99), Layer::High));
+    sim.conf.handle_relayed_keyframe_request(sim.now, b, StreamKey::audio(ParticipantId(1)));
+    sim.drain();
+    assert_eq!(sim.keyframe_requests(), vec![]);
+}
+
+#[test]
 fn simulcast_falls_back_to_flowing_layers() {
     let mut sim = Sim::new();
     sim.join(1, spec("a", &SIMULCAST, 0));
@@ -433,17 +460,28 @@ fn lost_link_participants_leave_after_the_timeout_unless_it_returns() {
     assert!(!sim.conf.is_empty(), "the link is still attached");
 }
 
-#[test]
-fn a_roster_without_someone_removes_them() {
+/// A conference with one local participant and relay link `link` attached.
+fn with_link(link: LinkId) -> Sim {
     let mut sim = Sim::new();
     sim.join(1, spec("local", &[], 1));
-    let b = LinkId(3);
-    sim.conf.attach_link(sim.now, b);
+    sim.conf.attach_link(sim.now, link);
+    sim
+}
+
+/// Participant ids for remote participants, from 11 on.
+fn remote_ids() -> impl FnMut() -> ParticipantId {
     let mut next = 10;
-    let mut ids = || {
+    move || {
         next += 1;
         ParticipantId(next)
-    };
+    }
+}
+
+#[test]
+fn a_roster_without_someone_removes_them() {
+    let b = LinkId(3);
+    let mut sim = with_link(b);
+    let mut ids = remote_ids();
     sim.conf.handle_roster(sim.now, b, vec![roster_entry(1, "x", "b"), roster_entry(2, "y", "b")], &mut ids);
     assert_eq!(sim.conf.counts(), (1, 2));
     sim.conf.handle_roster(sim.now, b, vec![roster_entry(2, "y", "b")], &mut ids);
@@ -458,15 +496,9 @@ fn a_roster_without_someone_removes_them() {
 fn a_roster_naming_an_id_as_someone_else_replaces_the_participant() {
     // A restarted SFT numbers its participants afresh: its id 1 may now be
     // another person than the one this side knew as 1.
-    let mut sim = Sim::new();
-    sim.join(1, spec("local", &[], 1));
     let b = LinkId(3);
-    sim.conf.attach_link(sim.now, b);
-    let mut next = 10;
-    let mut ids = || {
-        next += 1;
-        ParticipantId(next)
-    };
+    let mut sim = with_link(b);
+    let mut ids = remote_ids();
     sim.conf.handle_roster(sim.now, b, vec![roster_entry(1, "old", "b")], &mut ids);
     let old = sim.conf.remote_participant(b, 1).unwrap();
     sim.conf.handle_roster(sim.now, b, vec![roster_entry(1, "new", "b")], &mut ids);

@@ -22,7 +22,9 @@ use crate::core::ids::{ConfId, ConferenceKey, Layer, LinkId, MediaKind, Origin, 
 use crate::core::keyframe::is_vp8_keyframe;
 use crate::core::messages::ClientMessage;
 use crate::core::relay_demand::RelayMode;
+use crate::core::roster_policy::{self, RosterSource};
 use crate::federation::framing::{Control, MediaFrame};
+use crate::federation::Rejection;
 use crate::metrics::{DropReason, Metrics};
 
 use super::answer::{self, Estimation};
@@ -44,7 +46,10 @@ const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// What the edge holds, for `/metrics` and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EdgeStats {
+    /// Clients connected here.
     pub participants: usize,
+    /// Participants on other SFTs, in conferences on this one.
+    pub remote_participants: usize,
     pub conferences: usize,
 }
 
@@ -59,6 +64,10 @@ pub(super) struct Driver {
     estimate_bandwidth: bool,
     max_receive_bps: Option<u32>,
     limits: Limits,
+    /// Conferences a relay link may carry (`federation.max_conferences_per_link`).
+    max_conferences_per_link: usize,
+    /// Set once the SFT drains: attaches may not start conferences.
+    draining: bool,
     metrics: Arc<Metrics>,
     clients: HashMap<ParticipantId, Client>,
     by_addr: HashMap<SocketAddr, ParticipantId>,
@@ -110,6 +119,8 @@ impl Driver {
             estimate_bandwidth: config.media.bandwidth_estimation,
             max_receive_bps: config.media.max_receive_bps,
             limits: config.limits,
+            max_conferences_per_link: config.federation.as_ref().map_or(usize::MAX, |f| f.max_conferences_per_link),
+            draining: false,
             metrics,
             clients: HashMap::new(),
             by_addr: HashMap::new(),
@@ -176,8 +187,13 @@ impl Driver {
                 let _ = reply.send(id.is_some());
             }
             Command::Stats { reply } => {
-                let _ = reply.send(EdgeStats { participants: self.clients.len(), conferences: self.conferences.len() });
+                let _ = reply.send(EdgeStats {
+                    participants: self.clients.len(),
+                    remote_participants: self.conferences.values().map(|c| c.counts().1).sum(),
+                    conferences: self.conferences.len(),
+                });
             }
+            Command::Drain => self.draining = true,
             Command::LinkUp { link, peer_domain, connection, control } => {
                 self.link_up(link, peer_domain, connection, control)
             }
@@ -595,6 +611,14 @@ impl Driver {
             Control::Attach { channel, conf_id, .. } => {
                 let Ok(conf_id) = ConfId::parse(&conf_id) else { return };
                 let key = ConferenceKey { anchor_domain: self.domain.clone(), conf_id };
+                if let Some(rejection) = self.attach_refusal(link, channel, &key) {
+                    self.metrics.federation_rejected(rejection.label());
+                    tracing::info!(%link, reason = rejection.label(), "relay attach refused");
+                    if let Some(l) = self.links.get(&link) {
+                        l.send_control(Control::Refused { channel, reason: rejection.label().into() });
+                    }
+                    return;
+                }
                 let (number, _) = self.conference_number(&key);
                 if let Some(displaced) = self.channels.insert(link, channel, number) {
                     self.leave_link(now, link, displaced);
@@ -611,10 +635,22 @@ impl Driver {
             Control::Detach { channel } => self.detach(now, link, channel),
             Control::Roster { channel, participants } => {
                 let Some(number) = self.channels.conference(link, channel) else { return };
-                let Self { conferences, next_participant, .. } = self;
-                if let Some(conference) = conferences.get_mut(&number) {
-                    conference.handle_roster(now, link, participants, || next_id(next_participant));
+                let Self { conferences, next_participant, links, attachments, domain, metrics, limits, .. } = self;
+                let (Some(conference), Some(l)) = (conferences.get_mut(&number), links.get(&link)) else { return };
+                let source = if attachments.contains_key(&(link, channel)) {
+                    RosterSource::Anchor { own_domain: domain }
+                } else {
+                    RosterSource::FederatedPeer { domain: &l.peer_domain }
+                };
+                let room = limits.max_conference_size.saturating_sub(conference.participants_not_behind(link));
+                let admitted = roster_policy::admit(participants, source, room);
+                if admitted.foreign + admitted.over_capacity > 0 {
+                    metrics.federation_rejected_many(Rejection::RosterDomain.label(), admitted.foreign);
+                    metrics.federation_rejected_many(Rejection::RosterCapacity.label(), admitted.over_capacity);
+                    let (foreign, over_capacity) = (admitted.foreign, admitted.over_capacity);
+                    tracing::warn!(peer = %l.peer_domain, foreign, over_capacity, "roster entries dropped");
                 }
+                conference.handle_roster(now, link, admitted.entries, || next_id(next_participant));
                 self.drain_conference(number);
                 self.update_gauges();
             }
@@ -623,7 +659,10 @@ impl Driver {
                 let publisher = ParticipantId(publisher);
                 let stream =
                     StreamKey { participant: publisher, kind: MediaKind::Video, layer: layer.or(Some(Layer::High)) };
-                self.request_keyframe(number, stream);
+                if let Some(conference) = self.conferences.get_mut(&number) {
+                    conference.handle_relayed_keyframe_request(now, link, stream);
+                }
+                self.drain_conference(number);
             }
             Control::Subscribe { channel, streams } => {
                 let Some(number) = self.channels.conference(link, channel) else { return };
@@ -640,6 +679,23 @@ impl Driver {
             }
             Control::Hello { .. } => {}
         }
+    }
+
+    /// Why an attach of conference `key` as `channel` on `link` is refused,
+    /// if it is: a new channel beyond the link's conference cap, or one
+    /// that would start a conference while draining.
+    fn attach_refusal(&self, link: LinkId, channel: u32, key: &ConferenceKey) -> Option<Rejection> {
+        let number = self.conference_numbers.get(key);
+        if self.draining && number.is_none() {
+            return Some(Rejection::Draining);
+        }
+        // A re-attach (the same conference, or a channel the link already
+        // uses) adds nothing to the link's count.
+        let on_link = number.is_some_and(|n| self.channels.channel(*n, link).is_some());
+        if on_link || self.channels.conference(link, channel).is_some() {
+            return None;
+        }
+        (self.channels.on_link(link).len() >= self.max_conferences_per_link).then_some(Rejection::ConferenceCapacity)
     }
 
     fn detach(&mut self, now: Instant, link: LinkId, channel: u32) {

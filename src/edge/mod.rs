@@ -67,6 +67,8 @@ enum Command {
     Stats {
         reply: oneshot::Sender<EdgeStats>,
     },
+    /// The SFT drains: relay attaches may no longer start conferences.
+    Drain,
     LinkUp {
         link: LinkId,
         peer_domain: String,
@@ -135,6 +137,12 @@ impl EdgeHandle {
 
     pub(crate) async fn relay_control(&self, link: LinkId, message: Control) {
         let _ = self.commands.send(Command::RelayControl { link, message }).await;
+    }
+
+    /// From now on, a relay attach of a conference this SFT does not have is
+    /// refused (`draining`).
+    pub async fn drain(&self) {
+        let _ = self.commands.send(Command::Drain).await;
     }
 
     pub async fn stats(&self) -> Option<EdgeStats> {

@@ -18,9 +18,11 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
+use super::credentials::SharedCredentials;
 use super::discovery::{Discovery, DiscoveryError};
-use super::trust::{Rejection, Trust};
+use super::trust::Rejection;
 use crate::core::ids::ConfId;
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 
 pub const ORIGIN_HEADER: &str = "Wire-Origin-Domain";
@@ -47,6 +49,7 @@ pub struct JoinAnswer {
 /// key, accept the tokens any of them issued, so a federated SFT can
 /// re-attach its conferences after the anchor restarts. Issuing a new key
 /// retires the old tokens.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Tokens {
     secret: [u8; 32],
 }
@@ -80,10 +83,11 @@ impl Tokens {
 }
 
 pub struct ControlServer {
-    pub trust: Arc<Trust>,
-    pub tokens: Arc<Tokens>,
+    pub credentials: SharedCredentials,
     pub relay_public: String,
     pub metrics: Arc<Metrics>,
+    /// While it drains, this SFT takes no new federated participants.
+    pub drain: Arc<Drain>,
 }
 
 /// The verified client certificate of one connection.
@@ -102,12 +106,13 @@ impl IntoResponse for ControlError {
     }
 }
 
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<ControlServer>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+pub async fn serve(listener: TcpListener, state: Arc<ControlServer>) {
     let router = Router::new().route("/federation/sft/{rpc}", post(rpc)).with_state(state.clone());
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
-        let (acceptor, router, state) = (acceptor.clone(), router.clone(), state.clone());
+        // Each connection gets the credentials of its moment (see `reload`).
+        let acceptor = tokio_rustls::TlsAcceptor::from(state.credentials.current().control_server.clone());
+        let (router, state) = (router.clone(), state.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
@@ -140,7 +145,8 @@ async fn rpc(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ControlError> {
     let origin = headers.get(ORIGIN_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    if let Err(rejection) = state.trust.admit(certificate.as_ref(), &origin) {
+    let credentials = state.credentials.current();
+    if let Err(rejection) = credentials.trust.admit(certificate.as_ref(), &origin) {
         state.metrics.federation_rejected(rejection.label());
         tracing::info!(origin, reason = rejection.label(), "federation request refused");
         return Err(ControlError {
@@ -160,7 +166,15 @@ async fn rpc(
                 // The link's Detach does the work; leave only acknowledges.
                 return Ok(Json(serde_json::json!({})));
             }
-            let relay_token = state.tokens.issue(&origin, conf_id.as_str());
+            if state.drain.is_draining() {
+                state.metrics.federation_rejected(Rejection::Draining.label());
+                return Err(ControlError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "unavailable",
+                    message: "this SFT is draining".into(),
+                });
+            }
+            let relay_token = credentials.issue_token(&origin, conf_id.as_str());
             Ok(Json(
                 serde_json::to_value(JoinAnswer { relay: state.relay_public.clone(), relay_token })
                     .expect("serializes"),
@@ -178,6 +192,8 @@ pub enum RpcError {
     Denied { domain: String, message: String },
     #[error("{domain}'s certificate is not for {domain}")]
     PeerCertificate { domain: String },
+    #[error("{domain}'s SFT is draining")]
+    Draining { domain: String },
     #[error("{domain} did not answer: {why}")]
     Unreachable { domain: String, why: String },
 }
@@ -232,6 +248,9 @@ impl ControlClient {
         if status == StatusCode::FORBIDDEN {
             let message = answer["message"].as_str().unwrap_or("").to_owned();
             return Err(RpcError::Denied { domain: domain.to_owned(), message });
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE && answer["error"] == "unavailable" {
+            return Err(RpcError::Draining { domain: domain.to_owned() });
         }
         if !status.is_success() {
             return Err(unreachable(format!("{rpc} answered {status}: {answer}")));

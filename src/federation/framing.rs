@@ -171,6 +171,17 @@ pub enum Control {
     Layers { channel: u32, publishers: Vec<PublisherLayers> },
 }
 
+impl Control {
+    /// What reading the message costs, in messages: one, or a roster's
+    /// entries (what the receiver has to check and apply).
+    pub fn cost(&self) -> u32 {
+        match self {
+            Self::Roster { participants, .. } => u32::try_from(participants.len()).unwrap_or(u32::MAX),
+            _ => 1,
+        }
+    }
+}
+
 /// Length-prefixes an encoded control message.
 pub fn encode_control(message: &Control) -> Vec<u8> {
     let json = serde_json::to_vec(message).expect("control messages serialize");

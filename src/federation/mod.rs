@@ -6,6 +6,7 @@
 //! anchored there, and redials with backoff when the link drops.
 
 pub mod control;
+pub mod credentials;
 pub mod discovery;
 pub mod framing;
 pub mod relay;
@@ -14,7 +15,7 @@ pub mod trust;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -23,14 +24,15 @@ use tokio::sync::oneshot;
 
 use crate::config::FederationConfig;
 use crate::core::ids::LinkId;
+use crate::drain::Drain;
 use crate::edge::EdgeHandle;
 use crate::metrics::Metrics;
 use crate::tls::TlsError;
-use control::{ControlClient, ControlServer, RpcError, Tokens};
+use control::{ControlClient, ControlServer, RpcError};
+use credentials::{Credentials, SharedCredentials};
 use discovery::Discovery;
 use framing::Control;
 pub use trust::Rejection;
-use trust::Trust;
 
 const FIRST_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A redial gives up after this and starts afresh: a handshake begun while
@@ -49,12 +51,15 @@ pub enum FederationError {
     Denied(String),
     #[error("{0}")]
     Unreachable(String),
+    /// The anchor drains and takes no new participants.
+    #[error("{0}")]
+    AnchorDraining(String),
 }
 
 pub struct Federation {
-    trust: Arc<Trust>,
-    tokens: Arc<Tokens>,
-    control: ControlClient,
+    domain: String,
+    credentials: SharedCredentials,
+    control: RwLock<Arc<ControlClient>>,
     endpoint: quinn::Endpoint,
     pub(crate) edge: EdgeHandle,
     pub(crate) metrics: Arc<Metrics>,
@@ -64,7 +69,12 @@ pub struct Federation {
     inbound: Mutex<HashMap<String, LinkId>>,
     /// Held while a first dial to an anchor domain is under way.
     dial_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Every live relay connection and its peer's domain, by `stable_id`:
+    /// a reload closes those of domains no longer allowed.
+    connections: Mutex<HashMap<usize, (String, quinn::Connection)>>,
     next_link: AtomicU32,
+    /// Control messages a second read from one relay link.
+    pub(crate) max_control_rate: u32,
 }
 
 /// Where federation listens, once started.
@@ -79,9 +89,11 @@ impl Federation {
         config: &FederationConfig,
         edge: EdgeHandle,
         metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
     ) -> Result<(Arc<Self>, Listening), StartError> {
-        let trust = Arc::new(Trust::load(domain, config)?);
-        let endpoint = relay::endpoint(&trust, config.relay_listen)?;
+        let credentials = Credentials::load(domain, config, None)?;
+        metrics.federation_certificate_expiry(credentials.expires_at);
+        let endpoint = relay::endpoint(&credentials.trust, config.relay_listen)?;
         let relay_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             what: "federation relay (UDP)",
             addr: config.relay_listen,
@@ -93,40 +105,65 @@ impl Federation {
             source,
         })?;
         let control_addr = listener.local_addr().expect("bound socket has an address");
-        let tokens = Arc::new(trust.relay_tokens());
+        let control = control_client(domain, config, &credentials);
+        let credentials = SharedCredentials::new(credentials);
         let server = Arc::new(ControlServer {
-            trust: trust.clone(),
-            tokens: tokens.clone(),
+            credentials: credentials.clone(),
             relay_public: config.relay_public.clone().unwrap_or_else(|| relay_addr.to_string()),
             metrics: metrics.clone(),
+            drain,
         });
-        let control_tls = Arc::new(trust.server_config(&[b"h2", b"http/1.1"])?);
-        tokio::spawn(control::serve(listener, control_tls, server));
-        let control = ControlClient {
-            own_domain: domain.to_owned(),
-            tls: trust.client_config(&[b"http/1.1"])?,
-            discovery: Arc::new(Discovery::new(config.peers.clone(), config.dns)),
-            via_federator: config.via_federator.clone(),
-        };
+        tokio::spawn(control::serve(listener, server));
         let federation = Arc::new(Self {
-            trust,
-            tokens,
-            control,
+            domain: domain.to_owned(),
+            credentials,
+            control: RwLock::new(Arc::new(control)),
             endpoint,
             edge,
             metrics,
             outbound: Mutex::new(HashMap::new()),
             inbound: Mutex::new(HashMap::new()),
             dial_locks: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             next_link: AtomicU32::new(1),
+            max_control_rate: config.max_control_rate,
         });
         tokio::spawn(federation.clone().accept_links());
         Ok((federation, Listening { control: control_addr, relay: relay_addr }))
     }
 
+    /// Reads the certificate, key, CAs, strategy, allow list and peers of
+    /// `config` again: new connections use them, live links carry on, and
+    /// links to domains no longer allowed close now. On an error nothing
+    /// changes.
+    pub fn reload(&self, config: &FederationConfig) -> Result<(), TlsError> {
+        let fresh = Credentials::load(&self.domain, config, Some(&self.credentials.current()))?;
+        relay::reconfigure(&self.endpoint, &fresh.trust)?;
+        *self.control.write().expect("control client lock") = Arc::new(control_client(&self.domain, config, &fresh));
+        self.metrics.federation_certificate_expiry(fresh.expires_at);
+        let strategy = fresh.trust.strategy.clone();
+        self.credentials.replace(fresh);
+        let connections = self.connections.lock().expect("links lock");
+        for (domain, connection) in connections.values().filter(|(domain, _)| !strategy.allows(domain)) {
+            tracing::info!(peer = %domain, "relay link closed: the domain is no longer allowed");
+            connection.close(3u32.into(), b"domain no longer allowed");
+        }
+        Ok(())
+    }
+
+    /// Registers a live relay connection until `forget_connection`.
+    pub(crate) fn remember_connection(&self, domain: &str, connection: &quinn::Connection) {
+        let mut connections = self.connections.lock().expect("links lock");
+        connections.insert(connection.stable_id(), (domain.to_owned(), connection.clone()));
+    }
+
+    pub(crate) fn forget_connection(&self, connection: &quinn::Connection) {
+        self.connections.lock().expect("links lock").remove(&connection.stable_id());
+    }
+
     /// Whether the strategy lets this SFT federate with `domain`.
     pub fn allows(&self, domain: &str) -> bool {
-        self.trust.strategy.allows(domain)
+        self.credentials.current().trust.strategy.allows(domain)
     }
 
     /// Makes sure a relay link to `anchor_domain` is up and returns it with
@@ -140,8 +177,10 @@ impl Federation {
             self.metrics.federation_rejected(Rejection::DomainNotAllowed.label());
             return Err(FederationError::Denied(format!("this SFT does not federate with {anchor_domain}")));
         }
-        let answer = self.control.join(anchor_domain, conf_id, &self.trust.domain).await.map_err(|e| match e {
+        let control = self.control.read().expect("control client lock").clone();
+        let answer = control.join(anchor_domain, conf_id, &self.domain).await.map_err(|e| match e {
             RpcError::Denied { .. } => FederationError::Denied(e.to_string()),
+            RpcError::Draining { .. } => FederationError::AnchorDraining(e.to_string()),
             RpcError::PeerCertificate { .. } => {
                 self.metrics.federation_rejected(Rejection::PeerCertificateMismatch.label());
                 FederationError::Unreachable(e.to_string())
@@ -187,12 +226,22 @@ impl Federation {
         let mut first = Some(first);
         let mut backoff = BACKOFF_START;
         loop {
+            if !self.allows(&domain) {
+                // A reload took the domain off the allow list: its
+                // conferences lose the link, and a later SETUP dials anew.
+                tracing::info!(peer = %domain, "not redialling: the domain is no longer allowed");
+                self.metrics.link_state(&domain, "down");
+                self.outbound.lock().expect("links lock").remove(&domain);
+                return;
+            }
             self.metrics.link_state(&domain, "connecting");
             let attempt = if first.is_some() { FIRST_DIAL_TIMEOUT } else { REDIAL_ATTEMPT };
+            let credentials = self.credentials.current();
             let dialled =
-                tokio::time::timeout(attempt, relay::dial(&self.endpoint, &self.trust.domain, &domain, &relay))
+                tokio::time::timeout(attempt, relay::dial(&self.endpoint, &credentials.trust, &domain, &relay))
                     .await
                     .unwrap_or_else(|_| Err(format!("relay {relay}: no answer within {attempt:?}")));
+            drop(credentials);
             match dialled {
                 Ok((connection, send, recv)) => {
                     if let Some(first) = first.take() {
@@ -219,7 +268,8 @@ impl Federation {
         while let Some(incoming) = self.endpoint.accept().await {
             let federation = self.clone();
             tokio::spawn(async move {
-                match relay::accept(incoming, &federation.trust).await {
+                let credentials = federation.credentials.current();
+                match relay::accept(incoming, &credentials.trust).await {
                     Ok((domain, connection, send, recv)) => {
                         let link = {
                             let mut inbound = federation.inbound.lock().expect("links lock");
@@ -243,7 +293,7 @@ impl Federation {
     pub(crate) fn admit_control(&self, domain: &str, message: Control, inbound: bool) -> Admission {
         match message {
             Control::Attach { ref conf_id, ref relay_token, channel } if inbound => {
-                if self.tokens.check(domain, conf_id, relay_token) {
+                if self.credentials.current().check_token(domain, conf_id, relay_token) {
                     Admission::Pass(message)
                 } else {
                     self.metrics.federation_rejected(Rejection::BadToken.label());
@@ -273,4 +323,14 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("federation TLS: {0}")]
     Tls(#[from] TlsError),
+}
+
+/// The client of the control plane's RPCs, with `credentials`' certificate.
+fn control_client(domain: &str, config: &FederationConfig, credentials: &Credentials) -> ControlClient {
+    ControlClient {
+        own_domain: domain.to_owned(),
+        tls: credentials.control_client.clone(),
+        discovery: Arc::new(Discovery::new(config.peers.clone(), config.dns)),
+        via_federator: config.via_federator.clone(),
+    }
 }

@@ -15,6 +15,7 @@ use super::framing::{encode_control, Control, ALPN, MAX_CONTROL_FRAME};
 use super::trust::{Rejection, Trust};
 use super::{Admission, Federation};
 use crate::core::ids::LinkId;
+use crate::core::pacing::Pacer;
 use crate::tls::TlsError;
 
 /// A silent peer is declared gone after this; keep-alives every second keep
@@ -41,17 +42,27 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
-/// The relay endpoint: it accepts federated SFTs and dials anchors.
+/// The relay endpoint: it accepts federated SFTs and dials anchors (each
+/// dial with the credentials of its moment, see [`dial`]).
 pub fn endpoint(trust: &Trust, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+    quinn::Endpoint::server(server_config(trust)?, listen)
+        .map_err(|e| TlsError::Config(rustls::Error::General(format!("relay socket {listen}: {e}"))))
+}
+
+/// New credentials for the connections accepted from now on; live ones
+/// keep theirs.
+pub fn reconfigure(endpoint: &quinn::Endpoint, trust: &Trust) -> Result<(), TlsError> {
+    endpoint.set_server_config(Some(server_config(trust)?));
+    Ok(())
+}
+
+fn server_config(trust: &Trust) -> Result<quinn::ServerConfig, TlsError> {
     let server_tls = trust.server_config(&[ALPN])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport());
-    let mut endpoint = quinn::Endpoint::server(server, listen)
-        .map_err(|e| TlsError::Config(rustls::Error::General(format!("relay socket {listen}: {e}"))))?;
-    endpoint.set_default_client_config(client_config(trust)?);
-    Ok(endpoint)
+    Ok(server)
 }
 
 fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, TlsError> {
@@ -63,23 +74,24 @@ fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, TlsError> {
     Ok(config)
 }
 
-/// Dials `domain`'s relay at `addr`, proves who we are, and returns the
-/// connection with its control stream.
+/// Dials `domain`'s relay at `addr` with `trust`'s certificate, proves who
+/// we are, and returns the connection with its control stream.
 pub async fn dial(
     endpoint: &quinn::Endpoint,
-    own_domain: &str,
+    trust: &Trust,
     domain: &str,
     addr: &str,
 ) -> Result<(Connection, SendStream, RecvStream), String> {
+    let client = client_config(trust).map_err(|e| e.to_string())?;
     let target: SocketAddr = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| format!("{addr}: {e}"))?
         .next()
         .ok_or(format!("{addr}: no address"))?;
-    let connecting = endpoint.connect(target, domain).map_err(|e| e.to_string())?;
+    let connecting = endpoint.connect_with(client, target, domain).map_err(|e| e.to_string())?;
     let connection = connecting.await.map_err(|e| format!("relay {addr}: {e}"))?;
     let (mut send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(&encode_control(&Control::Hello { domain: own_domain.to_owned() }))
+    send.write_all(&encode_control(&Control::Hello { domain: trust.domain.clone() }))
         .await
         .map_err(|e| e.to_string())?;
     Ok((connection, send, recv))
@@ -155,6 +167,7 @@ pub async fn run_link(
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     tracing::info!(peer = %domain, %link, inbound, "relay link up");
     federation.metrics.federation_connection(&domain, inbound);
+    federation.remember_connection(&domain, &connection);
     let replies = control_tx.clone();
     federation.edge.link_up(link, domain.clone(), connection.clone(), control_tx).await;
     let writer = tokio::spawn(async move {
@@ -166,15 +179,26 @@ pub async fn run_link(
     });
     let bytes_in = federation.metrics.relay_bytes(&domain, "in");
     let control = async {
+        let mut pacer = Pacer::new(federation.max_control_rate, federation.max_control_rate);
         loop {
             match read_control(&mut recv).await {
-                Ok(Some(message)) => match federation.admit_control(&domain, message, inbound) {
-                    Admission::Pass(message) => federation.edge.relay_control(link, message).await,
-                    Admission::Reply(answer) => {
-                        let _ = replies.try_send(answer);
+                Ok(Some(message)) => {
+                    // A peer faster than the limit waits (QUIC's flow control
+                    // then holds it back): it slows only itself. A roster
+                    // costs as many messages as it has entries.
+                    let wait = pacer.wait_for_next(tokio::time::Instant::now().into_std(), message.cost());
+                    if !wait.is_zero() {
+                        federation.metrics.federation_rejected(Rejection::ControlRate.label());
+                        tokio::time::sleep(wait).await;
                     }
-                    Admission::Drop => {}
-                },
+                    match federation.admit_control(&domain, message, inbound) {
+                        Admission::Pass(message) => federation.edge.relay_control(link, message).await,
+                        Admission::Reply(answer) => {
+                            let _ = replies.try_send(answer);
+                        }
+                        Admission::Drop => {}
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::info!(peer = %domain, "relay control stream ended: {e}");
@@ -205,6 +229,7 @@ pub async fn run_link(
     writer.abort();
     connection.close(0u32.into(), b"link closed");
     tracing::info!(peer = %domain, %link, "relay link down");
+    federation.forget_connection(&connection);
     federation.edge.link_down(link, connection.stable_id()).await;
 }
 

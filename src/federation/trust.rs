@@ -30,10 +30,20 @@ pub enum Rejection {
     BadToken,
     /// Outbound: the peer's server certificate is not for the domain we dialled.
     PeerCertificateMismatch,
+    /// A roster entry of a domain the link's peer may not announce.
+    RosterDomain,
+    /// A roster entry beyond the conference's `limits.max_conference_size`.
+    RosterCapacity,
+    /// An attach beyond `federation.max_conferences_per_link`.
+    ConferenceCapacity,
+    /// A `join`, or an attach that would start a conference, while this SFT drains.
+    Draining,
+    /// A control message that had to wait for `federation.max_control_rate`.
+    ControlRate,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 12] = [
         Self::FederationDisabled,
         Self::DomainNotAllowed,
         Self::NoCertificate,
@@ -41,6 +51,11 @@ impl Rejection {
         Self::OriginMismatch,
         Self::BadToken,
         Self::PeerCertificateMismatch,
+        Self::RosterDomain,
+        Self::RosterCapacity,
+        Self::ConferenceCapacity,
+        Self::Draining,
+        Self::ControlRate,
     ];
 
     pub fn label(self) -> &'static str {
@@ -52,6 +67,11 @@ impl Rejection {
             Self::OriginMismatch => "origin-mismatch",
             Self::BadToken => "bad-token",
             Self::PeerCertificateMismatch => "peer-certificate-mismatch",
+            Self::RosterDomain => "roster-domain",
+            Self::RosterCapacity => "roster-capacity",
+            Self::ConferenceCapacity => "conference-capacity",
+            Self::Draining => "draining",
+            Self::ControlRate => "control-rate",
         }
     }
 
@@ -100,12 +120,17 @@ impl Trust {
         })
     }
 
-    /// A TLS server that demands a client certificate chaining to the peer CAs.
+    /// This SFT's own (leaf) certificate.
+    pub fn certificate(&self) -> Option<&CertificateDer<'static>> {
+        self.chain.first()
+    }
+
     /// Relay tokens keyed by this SFT's private key (see [`Tokens`]).
     pub fn relay_tokens(&self) -> Tokens {
         Tokens::derived_from(self.key.secret_der())
     }
 
+    /// A TLS server that demands a client certificate chaining to the peer CAs.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), tls::provider())
             .build()

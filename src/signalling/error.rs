@@ -69,6 +69,7 @@ impl From<FederationError> for ApiError {
         match error {
             FederationError::Denied(why) => Self::FederationDenied(why),
             FederationError::Unreachable(why) => Self::AnchorUnreachable(why),
+            FederationError::AnchorDraining(_) => Self::Unavailable("the anchor SFT is draining"),
         }
     }
 }

@@ -56,3 +56,29 @@ pub fn on(domain: &str, conf: &str, user: &str, marker: u8) -> PeerOptions {
 pub fn read(path: PathBuf) -> String {
     std::fs::read_to_string(path).unwrap()
 }
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `peers = { "domain" = "address" }`: where a federated SFT finds the
+/// anchor's control plane.
+pub fn peers_at(domain: &str, control: &str) -> String {
+    format!("peers = {{ \"{domain}\" = \"{control}\" }}\n")
+}
+
+/// A federation config for `domain` on `ip` whose control plane and relay
+/// keep their ports across restarts; returns it with the control address.
+pub fn fixed_ports_toml(certs: &Certs, domain: &str, ip: &str, extra: &str) -> (String, String) {
+    let (control, relay) = (free_tcp_port(), free_udp_port());
+    let toml = certs.federation_toml(domain, ip, extra).replace(
+        &format!("listen = \"{ip}:0\"\nrelay_listen = \"{ip}:0\""),
+        &format!("listen = \"{ip}:{control}\"\nrelay_listen = \"{ip}:{relay}\""),
+    );
+    assert!(toml.contains(&format!(":{relay}\"")), "fixed ports in {toml}");
+    (toml, format!("{ip}:{control}"))
+}

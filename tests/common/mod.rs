@@ -79,18 +79,12 @@ impl TestSft {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.server.metrics_addr)).await.unwrap().text().await.unwrap()
+        metrics_at(self.server.metrics_addr).await
     }
 
     /// The value of one sample line of `/metrics`, e.g. `sft_participants{role="local"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric_at(self.server.metrics_addr, series).await
     }
 }
 
@@ -442,6 +436,22 @@ async fn publish_video(tracks: Vec<VideoTrack>, keyframes_wanted: Arc<KeyframeRe
             *frame = (*frame + 1) % file.len();
         }
     }
+}
+
+/// The `/metrics` text of the SFT whose metrics port is `addr`.
+pub async fn metrics_at(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The value of one sample line of `/metrics` at `addr`.
+pub async fn metric_at(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let text = metrics_at(addr).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Polls `condition` every 50 ms until it holds; panics after [`TIMEOUT`].

@@ -47,6 +47,22 @@ impl SftProcess {
         self.wait_until_ready().await;
     }
 
+    /// SIGHUP: the SFT reloads its configuration.
+    pub fn hangup(&self) {
+        let status = Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -HUP");
+    }
+
+    /// Replaces the config file the process reads (on its next reload or restart).
+    pub fn rewrite_config(&self, toml: &str) {
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
+    /// The value of one sample line of its `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        super::metric_at(self.metrics, series).await
+    }
+
     async fn wait_until_ready(&self) {
         let deadline = Instant::now() + super::TIMEOUT;
         let ready = format!("http://{}/readyz", self.metrics);

@@ -1,0 +1,98 @@
+//! What this SFT presents and whom it trusts in federation, replaceable
+//! while it runs: a reload (SIGHUP or `POST /admin/reload`) reads the
+//! certificate, key, CAs and allow list again, new connections use them,
+//! and live links carry on.
+
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::CertificateDer;
+
+use super::control::Tokens;
+use super::trust::Trust;
+use crate::config::FederationConfig;
+use crate::tls::TlsError;
+
+/// ALPN of the control plane's server side, and of its client side.
+const CONTROL_SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+const CONTROL_CLIENT_ALPN: [&[u8]; 1] = [b"http/1.1"];
+
+pub struct Credentials {
+    pub trust: Trust,
+    tokens: Tokens,
+    /// The tokens of the key before the last reload: conferences attached
+    /// under it can still re-attach after an outage.
+    previous_tokens: Option<Tokens>,
+    pub control_server: Arc<rustls::ServerConfig>,
+    pub control_client: rustls::ClientConfig,
+    /// When this SFT's certificate expires, in seconds since the Unix epoch.
+    pub expires_at: Option<i64>,
+}
+
+impl Credentials {
+    /// Reads `config`'s files; `previous` is what they replace.
+    pub fn load(domain: &str, config: &FederationConfig, previous: Option<&Credentials>) -> Result<Self, TlsError> {
+        let trust = Trust::load(domain, config)?;
+        let tokens = trust.relay_tokens();
+        let previous_tokens = previous.map(|p| p.tokens.clone()).filter(|old| *old != tokens);
+        Ok(Self {
+            control_server: Arc::new(trust.server_config(&CONTROL_SERVER_ALPN)?),
+            control_client: trust.client_config(&CONTROL_CLIENT_ALPN)?,
+            expires_at: trust.certificate().and_then(expiry),
+            tokens,
+            previous_tokens,
+            trust,
+        })
+    }
+
+    pub fn issue_token(&self, peer_domain: &str, conf_id: &str) -> String {
+        self.tokens.issue(peer_domain, conf_id)
+    }
+
+    /// Whether `token` was issued to `peer_domain` for `conf_id` under the
+    /// current key or the one before it.
+    pub fn check_token(&self, peer_domain: &str, conf_id: &str, token: &str) -> bool {
+        self.tokens.check(peer_domain, conf_id, token)
+            || self.previous_tokens.as_ref().is_some_and(|old| old.check(peer_domain, conf_id, token))
+    }
+}
+
+/// The `notAfter` of a certificate, in seconds since the Unix epoch.
+fn expiry(certificate: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+/// The credentials in use, shared by the control plane and the relay; a
+/// reload swaps them for all at once.
+#[derive(Clone)]
+pub struct SharedCredentials(Arc<RwLock<Arc<Credentials>>>);
+
+impl SharedCredentials {
+    pub fn new(credentials: Credentials) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(credentials))))
+    }
+
+    pub fn current(&self) -> Arc<Credentials> {
+        self.0.read().expect("credentials lock").clone()
+    }
+
+    pub fn replace(&self, credentials: Credentials) {
+        *self.0.write().expect("credentials lock") = Arc::new(credentials);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_expires_when_it_says() {
+        let dir = std::env::temp_dir().join(format!("sft-credentials-{}", rand::random::<u32>()));
+        let written = crate::certs::dev("a.example", &dir, None).unwrap();
+        let chain = crate::tls::certificates(&written.cert).unwrap();
+        // `sft certs dev` leaves rcgen's default validity: until 4096-01-01.
+        assert_eq!(expiry(&chain[0]), Some(67_090_118_400));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(expiry(&CertificateDer::from(vec![0x30, 0x00])), None);
+    }
+}
