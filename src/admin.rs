@@ -1,11 +1,13 @@
 //! The metrics port: `GET /metrics`, `/healthz`, `/readyz`, `POST /admin/drain`,
 //! `POST /admin/reload`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -17,16 +19,47 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
     pub reloader: Arc<Reloader>,
+    /// `metrics.admin_token`: see [`authorize`].
+    pub token: Option<String>,
 }
 
 pub fn router(state: Arc<Admin>) -> Router {
+    let admin = Router::new()
+        .route("/admin/drain", post(drain))
+        .route("/admin/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/admin/drain", post(drain))
-        .route("/admin/reload", post(reload))
+        .merge(admin)
         .with_state(state)
+}
+
+/// `/admin/*` changes what the SFT does: with `metrics.admin_token` set it
+/// takes that bearer token from anyone (401 without it), else only callers
+/// on loopback (403 to others).
+async fn authorize(
+    State(state): State<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = match &state.token {
+        Some(token) => {
+            let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            if presented.and_then(|v| v.strip_prefix("Bearer ")) != Some(token.as_str()) {
+                return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+            }
+            true
+        }
+        None => peer.ip().is_loopback(),
+    };
+    if !allowed {
+        return (StatusCode::FORBIDDEN, "admin requests only from loopback (or set metrics.admin_token)\n")
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn metrics(State(state): State<Arc<Admin>>) -> impl IntoResponse {

@@ -62,6 +62,7 @@ struct RawMedia {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +81,7 @@ struct RawFederation {
     peers: BTreeMap<String, String>,
     dns: Option<String>,
     via_federator: Option<String>,
+    relay_secret: Option<String>,
     link_timeout: f64,
     relay: String,
     max_conferences_per_link: usize,
@@ -118,6 +120,9 @@ pub struct FederationConfig {
     pub peers: BTreeMap<String, String>,
     pub dns: Option<SocketAddr>,
     pub via_federator: Option<String>,
+    /// Keys relay tokens instead of the private key, so that every replica
+    /// of the domain (whatever its key) accepts the others' tokens.
+    pub relay_secret: Option<String>,
     /// How long a peer's participants stay after its relay link dropped.
     pub link_timeout: Duration,
     /// Whether relay links bring every stream or what this SFT's clients use.
@@ -133,6 +138,10 @@ pub struct FederationConfig {
 pub struct Limits {
     pub max_participants: usize,
     pub max_conference_size: usize,
+    /// Open connections per HTTP listener.
+    pub max_http_connections: usize,
+    /// Seconds a request's headers (or an idle keep-alive) may take.
+    pub http_header_timeout: u64,
 }
 
 /// The checked configuration the server runs on.
@@ -144,6 +153,9 @@ pub struct Config {
     pub media: MediaConfig,
     pub limits: Limits,
     pub metrics_listen: SocketAddr,
+    /// With it, `/admin/*` needs `Authorization: Bearer <token>` from
+    /// anywhere; without it, `/admin/*` answers only loopback callers.
+    pub admin_token: Option<String>,
     /// `None` while federation is off.
     pub federation: Option<FederationConfig>,
     /// Where this configuration came from, to read it again on reload.
@@ -333,8 +345,15 @@ impl RawConfig {
                 })
             }
         };
-        if self.limits.max_participants == 0 || self.limits.max_conference_size == 0 {
+        let limits = &self.limits;
+        if [limits.max_participants, limits.max_conference_size, limits.max_http_connections].contains(&0) {
             return Err(ConfigError::Invalid { key: "limits", why: "limits must be at least 1".into() });
+        }
+        if !(1..=3600).contains(&limits.http_header_timeout) {
+            return Err(ConfigError::Invalid {
+                key: "limits.http_header_timeout",
+                why: "must be between 1 and 3600 seconds".into(),
+            });
         }
         let federation = self.federation.check()?;
         Ok(Config {
@@ -355,6 +374,7 @@ impl RawConfig {
             },
             limits: self.limits,
             metrics_listen: socket_addr("metrics.listen", &self.metrics.listen)?,
+            admin_token: self.metrics.admin_token.filter(|token| !token.is_empty()),
             federation,
             source: Source::default(),
         })
@@ -400,6 +420,12 @@ impl RawFederation {
                 });
             }
         }
+        if self.relay_secret.as_ref().is_some_and(|secret| secret.len() < 32) {
+            return Err(ConfigError::Invalid {
+                key: "federation.relay_secret",
+                why: "must be at least 32 characters (e.g. `openssl rand -hex 32`)".into(),
+            });
+        }
         if !(self.link_timeout.is_finite() && self.link_timeout > 0.0 && self.link_timeout <= 3600.0) {
             return Err(ConfigError::Invalid {
                 key: "federation.link_timeout",
@@ -439,6 +465,7 @@ impl RawFederation {
             peers: self.peers,
             dns,
             via_federator: self.via_federator.map(|u| u.trim_end_matches('/').to_owned()),
+            relay_secret: self.relay_secret,
             link_timeout: Duration::from_secs_f64(self.link_timeout),
             relay,
             max_conferences_per_link: self.max_conferences_per_link,

@@ -11,6 +11,7 @@ pub mod core;
 pub mod drain;
 pub mod edge;
 pub mod federation;
+pub mod http;
 #[cfg(feature = "load")]
 pub mod load;
 pub mod metrics;

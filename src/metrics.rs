@@ -126,6 +126,7 @@ pub struct Metrics {
     federation_rejected: IntCounterVec,
     certificate_expiry: IntGauge,
     reloads: IntCounterVec,
+    http_refused: IntCounterVec,
     stream_loss: HistogramVec,
     receiver_estimate: HistogramVec,
 }
@@ -192,6 +193,14 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let http_refused = IntCounterVec::new(
+            Opts::new(
+                "sft_http_connections_refused_total",
+                "HTTP connections closed at once because limits.max_http_connections were open, by listener",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         let stream_loss = HistogramVec::new(
             HistogramOpts::new(
                 "sft_stream_loss_ratio",
@@ -226,6 +235,7 @@ impl Metrics {
             Box::new(federation_rejected.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(reloads.clone()),
+            Box::new(http_refused.clone()),
             Box::new(stream_loss.clone()),
             Box::new(receiver_estimate.clone()),
         ] {
@@ -246,6 +256,9 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
+        }
+        for listener in crate::http::LISTENERS {
+            http_refused.with_label_values(&[listener]);
         }
         for direction in ["in", "out"] {
             stream_loss.with_label_values(&[direction]);
@@ -270,6 +283,7 @@ impl Metrics {
             federation_rejected,
             certificate_expiry,
             reloads,
+            http_refused,
             stream_loss,
             receiver_estimate,
         }
@@ -315,6 +329,11 @@ impl Metrics {
     /// When the federation certificate in use expires (Unix seconds).
     pub fn federation_certificate_expiry(&self, expires_at: Option<i64>) {
         self.certificate_expiry.set(expires_at.unwrap_or(0));
+    }
+
+    /// The counter of connections `listener` refused for being full.
+    pub fn http_connections_refused(&self, listener: &str) -> IntCounter {
+        self.http_refused.with_label_values(&[listener])
     }
 
     /// Counts a reload and whether it took.

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::drain::Drain;
 use crate::edge::{self, EdgeHandle};
 use crate::federation::{Federation, Listening};
+use crate::http;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::signalling::{self, Signalling};
@@ -61,9 +62,16 @@ impl Server {
 
         let (federation, federation_addrs) = match &config.federation {
             Some(federation_config) => {
-                let (federation, listening) =
-                    Federation::start(&config.domain, federation_config, edge.clone(), metrics.clone(), drain.clone())
-                        .await?;
+                let guard = http::Guard::new("federation", &config.limits, &metrics);
+                let (federation, listening) = Federation::start(
+                    &config.domain,
+                    federation_config,
+                    edge.clone(),
+                    metrics.clone(),
+                    drain.clone(),
+                    guard,
+                )
+                .await?;
                 (Some(federation), Some(listening))
             }
             None => (None, None),
@@ -81,17 +89,26 @@ impl Server {
         });
         let federation_handle = federation;
         let signalling_router = signalling::router(signalling_state);
-        match signalling_tls {
-            Some(tls) => tokio::spawn(serve_tls(signalling_listener, signalling_router, tls)),
-            None => tokio::spawn(serve(signalling_listener, signalling_router)),
+        let transport = match signalling_tls {
+            Some(tls) => http::Transport::Tls(Arc::new(move || tls.clone())),
+            None => http::Transport::Plain,
         };
+        let guard = http::Guard::new("signalling", &config.limits, &metrics);
+        let handshake_failed = |e: &std::io::Error| tracing::debug!("signalling TLS handshake failed: {e}");
+        tokio::spawn(http::serve(signalling_listener, signalling_router, transport, guard, Arc::new(handshake_failed)));
 
         let metrics_listener = bind("metrics", config.metrics_listen).await?;
         let metrics_addr = metrics_listener.local_addr().expect("bound socket has an address");
         let reloader = Arc::new(Reloader::new(config.clone(), federation_handle, metrics.clone()));
-        let admin_state =
-            Arc::new(Admin { metrics: metrics.clone(), drain: drain.clone(), reloader: reloader.clone() });
-        tokio::spawn(serve(metrics_listener, admin::router(admin_state)));
+        let admin_state = Arc::new(Admin {
+            metrics: metrics.clone(),
+            drain: drain.clone(),
+            reloader: reloader.clone(),
+            token: config.admin_token.clone(),
+        });
+        let guard = http::Guard::new("metrics", &config.limits, &metrics);
+        let admin_router = admin::router(admin_state);
+        tokio::spawn(http::serve(metrics_listener, admin_router, http::Transport::Plain, guard, Arc::new(|_: &_| {})));
 
         Ok(Self {
             signalling_addr,
@@ -131,40 +148,3 @@ impl Server {
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
 }
-
-async fn serve(listener: TcpListener, router: axum::Router) {
-    if let Err(e) = axum::serve(listener, router).await {
-        tracing::error!("HTTP server stopped: {e}");
-    }
-}
-
-/// Serves `router` over TLS: each accepted connection does its handshake in
-/// its own task, so a slow or hostile client holds up nobody else.
-async fn serve_tls(listener: TcpListener, router: axum::Router, config: Arc<rustls::ServerConfig>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("signalling accept failed: {e}");
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(io, service).await {
-                tracing::debug!(%peer, "signalling connection ended: {e}");
-            }
-        });
-    }
-}
-
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -252,9 +252,16 @@ async fn on_demand_the_relay_brings_only_the_layers_watched_and_everyone_still_d
 async fn relayed_while_watching_h_then_l(mode: &str) -> (f64, f64) {
     let certs = Certs::new(&["a.example", "b.example"]);
     let relay = format!("relay = \"{mode}\"\n");
-    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", &relay)).await;
+    // What crosses the relay is the subject here, not the receivers'
+    // estimates: on a loaded CI machine pb's webrtc-rs estimate once fell
+    // below `l` right after the switch and its paused slot had not resumed
+    // 20 s later (a lead for issue 11's follow-up, docs/behaviour.md).
+    let no_estimates = "[media]\nbandwidth_estimation = false\n";
+    let a_toml = format!("{}{no_estimates}", certs.federation_toml("a.example", "127.0.0.1", &relay));
+    let a = TestSft::start(&a_toml).await;
     let b_extra = format!("{relay}{}", peers_table(&[("a.example", &a)]));
-    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &b_extra)).await;
+    let b =
+        TestSft::start(&format!("{}{no_estimates}", certs.federation_toml("b.example", "127.0.0.2", &b_extra))).await;
     let conf = format!("watch-{mode}");
     let one_slot = |options: PeerOptions| PeerOptions { audio_slots: 1, video_slots: 1, ..options };
     let pa = Peer::join(&a, one_slot(on("a.example", &conf, "pa", 1))).await;

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use hmac::{Hmac, Mac};
-use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -23,11 +22,11 @@ use super::discovery::{Discovery, DiscoveryError};
 use super::trust::Rejection;
 use crate::core::ids::ConfId;
 use crate::drain::Drain;
+use crate::http::{self, Guard, PeerCertificate, Transport};
 use crate::metrics::Metrics;
 
 pub const ORIGIN_HEADER: &str = "Wire-Origin-Domain";
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -90,10 +89,6 @@ pub struct ControlServer {
     pub drain: Arc<Drain>,
 }
 
-/// The verified client certificate of one connection.
-#[derive(Clone)]
-struct PeerCertificate(Option<CertificateDer<'static>>);
-
 struct ControlError {
     status: StatusCode,
     code: &'static str,
@@ -106,35 +101,22 @@ impl IntoResponse for ControlError {
     }
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<ControlServer>) {
+/// Serves the RPCs on `listener` (mutual TLS with the credentials of each
+/// connection's moment); refused handshakes are counted by reason.
+pub async fn serve(listener: TcpListener, state: Arc<ControlServer>, guard: Guard) {
     let router = Router::new().route("/federation/sft/{rpc}", post(rpc)).with_state(state.clone());
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
-        // Each connection gets the credentials of its moment (see `reload`).
-        let acceptor = tokio_rustls::TlsAcceptor::from(state.credentials.current().control_server.clone());
-        let (router, state) = (router.clone(), state.clone());
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    let rejection = e
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                        .map_or(Rejection::BadCertificate, Rejection::of_tls_error);
-                    state.metrics.federation_rejected(rejection.label());
-                    return tracing::info!(%peer, "federation TLS handshake refused: {e}");
-                }
-                Err(_) => return,
-            };
-            let certificate =
-                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
-            let service =
-                hyper_util::service::TowerToHyperService::new(router.layer(Extension(PeerCertificate(certificate))));
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let _ = builder.serve_connection(io, service).await;
-        });
-    }
+    let credentials = state.credentials.clone();
+    let transport = Transport::Tls(Arc::new(move || credentials.current().control_server.clone()));
+    let metrics = state.metrics.clone();
+    let refused = move |e: &std::io::Error| {
+        let rejection = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map_or(Rejection::BadCertificate, Rejection::of_tls_error);
+        metrics.federation_rejected(rejection.label());
+        tracing::info!("federation TLS handshake refused: {e}");
+    };
+    http::serve(listener, router, transport, guard, Arc::new(refused)).await;
 }
 
 async fn rpc(

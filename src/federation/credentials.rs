@@ -32,7 +32,10 @@ impl Credentials {
     /// Reads `config`'s files; `previous` is what they replace.
     pub fn load(domain: &str, config: &FederationConfig, previous: Option<&Credentials>) -> Result<Self, TlsError> {
         let trust = Trust::load(domain, config)?;
-        let tokens = trust.relay_tokens();
+        let tokens = match &config.relay_secret {
+            Some(secret) => Tokens::derived_from(secret.as_bytes()),
+            None => trust.relay_tokens(),
+        };
         let previous_tokens = previous.map(|p| p.tokens.clone()).filter(|old| *old != tokens);
         Ok(Self {
             control_server: Arc::new(trust.server_config(&CONTROL_SERVER_ALPN)?),
@@ -84,6 +87,40 @@ impl SharedCredentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    /// The federation settings of `domain` with a fresh certificate and key
+    /// under `dir` (each call a new key), plus `extra` TOML.
+    fn federation(dir: &std::path::Path, domain: &str, extra: &str) -> FederationConfig {
+        let out = dir.join(format!("{domain}-{}", rand::random::<u32>()));
+        let written = crate::certs::dev(domain, &out, None).unwrap();
+        let toml = format!(
+            "domain = \"{domain}\"\n[federation]\nenabled = true\ncert = {:?}\nkey = {:?}\nca = {:?}\n{extra}",
+            written.cert, written.key, written.ca_cert
+        );
+        let path = out.join("sft.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(Some(&path), Vec::new()).unwrap().federation.unwrap()
+    }
+
+    #[test]
+    fn replicas_with_their_own_keys_accept_each_others_tokens_through_the_relay_secret() {
+        let dir = std::env::temp_dir().join(format!("sft-credentials-{}", rand::random::<u32>()));
+        let secret = "relay_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let one = Credentials::load("a.example", &federation(&dir, "a.example", secret), None).unwrap();
+        let two = Credentials::load("a.example", &federation(&dir, "a.example", secret), None).unwrap();
+        let token = one.issue_token("b.example", "room");
+        assert!(two.check_token("b.example", "room", &token));
+        // Without the secret, each key issues its own.
+        let three = Credentials::load("a.example", &federation(&dir, "a.example", ""), None).unwrap();
+        assert!(!three.check_token("b.example", "room", &token));
+        // A reload to a new key keeps accepting the previous key's tokens.
+        let four = Credentials::load("a.example", &federation(&dir, "a.example", ""), Some(&three)).unwrap();
+        let from_three = three.issue_token("b.example", "room");
+        assert!(four.check_token("b.example", "room", &from_three));
+        assert!(!four.check_token("b.example", "other", &from_three));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_certificate_expires_when_it_says() {

@@ -26,6 +26,7 @@ use crate::config::FederationConfig;
 use crate::core::ids::LinkId;
 use crate::drain::Drain;
 use crate::edge::EdgeHandle;
+use crate::http::Guard;
 use crate::metrics::Metrics;
 use crate::tls::TlsError;
 use control::{ControlClient, ControlServer, RpcError};
@@ -90,6 +91,7 @@ impl Federation {
         edge: EdgeHandle,
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
+        guard: Guard,
     ) -> Result<(Arc<Self>, Listening), StartError> {
         let credentials = Credentials::load(domain, config, None)?;
         metrics.federation_certificate_expiry(credentials.expires_at);
@@ -113,7 +115,7 @@ impl Federation {
             metrics: metrics.clone(),
             drain,
         });
-        tokio::spawn(control::serve(listener, server));
+        tokio::spawn(control::serve(listener, server, guard));
         let federation = Arc::new(Self {
             domain: domain.to_owned(),
             credentials,
