@@ -249,14 +249,20 @@ async fn publish_video(
     publishing: Arc<AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(FRAME_INTERVAL);
-    // Each layer counts its own frames: a PLI restarts only its layer.
+    // A PLI for any layer restarts every layer at a keyframe. Restarting only
+    // the named layer (as the test publishers do) left an impaired receiver
+    // (300 kbit/s, 5 % loss) with every slot paused for good after its first
+    // seconds, in every run (2026-11-27): an open lead on paused slots that
+    // do not resume, docs/behaviour.md.
     let mut frames = vec![0usize; layers.tracks.len()];
     while publishing.load(Ordering::Relaxed) {
         tick.tick().await;
-        for (layer, ((track, rid), frame)) in layers.tracks.iter().zip(&mut frames).enumerate() {
-            if keyframes_wanted.take(layer) {
-                *frame = 0;
-            }
+        // Every layer's request is taken (cleared), not just the first.
+        let requested = (0..frames.len()).filter(|&layer| keyframes_wanted.take(layer)).count();
+        if requested > 0 {
+            frames.iter_mut().for_each(|frame| *frame = 0);
+        }
+        for ((track, rid), frame) in layers.tracks.iter().zip(&mut frames) {
             let keyframe = frame.is_multiple_of(KEYFRAME_EVERY);
             let (width, height, size) = layers.shape(rid, keyframe);
             let tag = Tag { sender, sent_micros: micros_since(epoch) };
