@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fed::Certs;
+use common::fed::{rejected, Certs};
 use common::{wait_for, Peer, PeerOptions, TestSft, Video};
 use sft::config::Config;
 use sft::core::conference::RosterEntry;
@@ -38,10 +38,6 @@ fn b_config(certs: &Certs) -> Config {
     let path = certs.dir.join("b-hostile.toml");
     std::fs::write(&path, certs.federation_toml("b.example", "127.0.0.2", "")).unwrap();
     Config::load(Some(&path), Vec::new()).unwrap()
-}
-
-async fn rejected(sft: &TestSft, reason: &str) -> f64 {
-    sft.metric(&format!("sft_federation_rejected_total{{reason=\"{reason}\"}}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

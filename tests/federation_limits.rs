@@ -7,15 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::fed::{on, peers_table, Certs};
+use common::fed::{on, peers_table, rejected, Certs};
 use common::{wait_for, Peer, PeerOptions, TestSft, Video};
 
 fn listener(domain: &str, conf: &str, user: &str, marker: u8) -> PeerOptions {
     PeerOptions { video: Video::None, video_slots: 0, audio_slots: 4, ..on(domain, conf, user, marker) }
-}
-
-async fn rejected(sft: &TestSft, reason: &str) -> f64 {
-    sft.metric(&format!("sft_federation_rejected_total{{reason=\"{reason}\"}}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

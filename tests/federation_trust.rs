@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use common::fed::{on, peers_table, read, Certs};
+use common::fed::{on, peers_table, read, rejected, Certs};
 use common::{Peer, TestSft};
 use hickory_resolver::proto::op::{Message, OpCode};
 use hickory_resolver::proto::rr::rdata::{A, SRV};
@@ -17,10 +17,6 @@ use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 async fn setup_status(sft: &TestSft, peer: &Peer) -> (u16, String) {
     let (status, body) = peer.post_setup(sft, None).await;
     (status, body["error"].as_str().unwrap_or("").to_owned())
-}
-
-async fn rejected(sft: &TestSft, reason: &str) -> f64 {
-    sft.metric(&format!("sft_federation_rejected_total{{reason=\"{reason}\"}}")).await
 }
 
 /// An HTTPS client for `a.example`'s control plane with an optional client identity.

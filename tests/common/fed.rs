@@ -82,3 +82,8 @@ pub fn fixed_ports_toml(certs: &Certs, domain: &str, ip: &str, extra: &str) -> (
     assert!(toml.contains(&format!(":{relay}\"")), "fixed ports in {toml}");
     (toml, format!("{ip}:{control}"))
 }
+
+/// `sft_federation_rejected_total{reason}` of `sft`.
+pub async fn rejected(sft: &TestSft, reason: &str) -> f64 {
+    sft.metric(&format!("sft_federation_rejected_total{{reason=\"{reason}\"}}")).await
+}
