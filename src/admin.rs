@@ -12,11 +12,14 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::drain::Drain;
+use crate::edge::EdgeHandle;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
+    /// Health follows the media thread: without it the SFT carries no media.
+    pub edge: EdgeHandle,
     pub drain: Arc<Drain>,
     pub reloader: Arc<Reloader>,
     /// `metrics.admin_token`: see [`authorize`].
@@ -30,7 +33,7 @@ pub fn router(state: Arc<Admin>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .merge(admin)
         .with_state(state)
@@ -66,8 +69,18 @@ async fn metrics(State(state): State<Arc<Admin>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
+async fn health(State(state): State<Arc<Admin>>) -> impl IntoResponse {
+    if state.edge.is_running() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "the media thread has stopped\n")
+    }
+}
+
 async fn ready(State(state): State<Arc<Admin>>) -> impl IntoResponse {
-    if state.drain.is_draining() {
+    if !state.edge.is_running() {
+        (StatusCode::SERVICE_UNAVAILABLE, "the media thread has stopped\n")
+    } else if state.drain.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::OK, "ready\n")

@@ -142,6 +142,19 @@ pub struct Limits {
     pub max_http_connections: usize,
     /// Seconds a request's headers (or an idle keep-alive) may take.
     pub http_header_timeout: u64,
+    /// SETUP and DELETE requests a second from one source address (IPv6: its /64).
+    pub signalling_rate: u32,
+    /// Requests a source may make at once before `signalling_rate` applies.
+    pub signalling_burst: u32,
+    /// Sessions set up but not connected yet (ICE and DTLS), in all.
+    pub max_pending_sessions: usize,
+    /// Sessions set up but not connected yet, from one source address.
+    pub max_pending_sessions_per_source: usize,
+    /// Sessions one bearer token may hold at once (with `signalling.auth_secret`).
+    pub max_sessions_per_token: usize,
+    /// Hold loopback sources to the per-source limits too (by default a
+    /// reverse proxy on this host is not taken for one client).
+    pub limit_loopback: bool,
 }
 
 /// The checked configuration the server runs on.
@@ -346,7 +359,15 @@ impl RawConfig {
             }
         };
         let limits = &self.limits;
-        if [limits.max_participants, limits.max_conference_size, limits.max_http_connections].contains(&0) {
+        let counts = [
+            limits.max_participants,
+            limits.max_conference_size,
+            limits.max_http_connections,
+            limits.max_pending_sessions,
+            limits.max_pending_sessions_per_source,
+            limits.max_sessions_per_token,
+        ];
+        if counts.contains(&0) || limits.signalling_rate == 0 || limits.signalling_burst == 0 {
             return Err(ConfigError::Invalid { key: "limits", why: "limits must be at least 1".into() });
         }
         if !(1..=3600).contains(&limits.http_header_timeout) {

@@ -3,6 +3,7 @@
 //! `core` is the sans-IO heart: conferences, slots, selection, rewriting.
 //! `edge` (media), `signalling` and `admin` (HTTP) are thin shells around
 //! it; `server` wires them together from a checked `config`.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod certs;

@@ -1,4 +1,5 @@
 //! The `sft` binary: run the SFT.
+#![forbid(unsafe_code)]
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,6 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sft::config::Config;
 use sft::server::Server;
+
+/// Exit status when the media thread died: EX_SOFTWARE, an internal error.
+const EXIT_MEDIA_STOPPED: u8 = 70;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "sft: a federated selective forwarding unit for group video calls")]
@@ -118,6 +122,10 @@ async fn run(config: Config) -> ExitCode {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
         _ = server.drain.started() => tracing::info!("drain requested"),
+        _ = server.media_stopped() => {
+            tracing::error!("the media thread stopped; exiting so that a supervisor restarts the SFT");
+            return ExitCode::from(EXIT_MEDIA_STOPPED);
+        }
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; exiting without draining");
             return ExitCode::SUCCESS;

@@ -16,10 +16,11 @@ pub enum RejectReason {
     TooLarge,
     Unavailable,
     AnchorUnreachable,
+    RateLimited,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         Self::BadRequest,
         Self::Unauthorized,
         Self::FederationDenied,
@@ -27,6 +28,7 @@ impl RejectReason {
         Self::TooLarge,
         Self::Unavailable,
         Self::AnchorUnreachable,
+        Self::RateLimited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -38,6 +40,7 @@ impl RejectReason {
             Self::TooLarge => "too-large",
             Self::Unavailable => "unavailable",
             Self::AnchorUnreachable => "anchor-unreachable",
+            Self::RateLimited => "rate-limited",
         }
     }
 }

@@ -86,6 +86,11 @@ impl Server {
             metrics: metrics.clone(),
             drain: drain.clone(),
             federation: federation.clone(),
+            rate_limit: std::sync::Mutex::new(signalling::RateLimiter::new(
+                config.limits.signalling_rate,
+                config.limits.signalling_burst,
+            )),
+            limit_loopback: config.limits.limit_loopback,
         });
         let federation_handle = federation;
         let signalling_router = signalling::router(signalling_state);
@@ -102,6 +107,7 @@ impl Server {
         let reloader = Arc::new(Reloader::new(config.clone(), federation_handle, metrics.clone()));
         let admin_state = Arc::new(Admin {
             metrics: metrics.clone(),
+            edge: edge.clone(),
             drain: drain.clone(),
             reloader: reloader.clone(),
             token: config.admin_token.clone(),
@@ -120,6 +126,12 @@ impl Server {
             metrics,
             edge,
         })
+    }
+
+    /// Resolves if the media thread stops (it panicked): the process should
+    /// exit so that its supervisor starts a fresh one.
+    pub async fn media_stopped(&self) {
+        self.edge.stopped().await;
     }
 
     /// Starts draining and waits until every session has ended or `timeout`

@@ -15,10 +15,10 @@ use common::{wait_for, wait_for_within, Peer, PeerOptions, SlotStats, TestSft, V
 use serde_json::{json, Value};
 use sft::load::impair::Impairment;
 
-/// With packet overhead, the test peers' layers measure about 31 (`l`), 70
-/// (`m`) and 180 (`h`) kbit/s and their audio about 26: 72 kbit/s pays for
-/// one audio slot and one `l`, with room for neither a second `l` nor an `m`.
-const CEILING: &str = "[media]\nbandwidth_estimation = false\nmax_receive_kbps = 72\n";
+/// In payload, the test peers' layers measure about 26 (`l`), 65 (`m`) and
+/// 175 (`h`) kbit/s and their audio about 3: 45 kbit/s pays for one audio
+/// slot and one `l`, with room for neither a second `l` nor an `m`.
+const CEILING: &str = "[media]\nbandwidth_estimation = false\nmax_receive_kbps = 45\n";
 
 fn video_slots(peer: &Peer) -> Vec<Value> {
     let confpart = peer.confpart().unwrap_or_default();

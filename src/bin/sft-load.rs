@@ -1,6 +1,7 @@
 //! `sft-load`: joins synthetic WebRTC participants to SFTs on this machine
 //! and reports join latency, received rates, loss, end-to-end latency and
 //! the SFT's CPU and memory. See `docs/performance.md`.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::process::ExitCode;

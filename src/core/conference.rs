@@ -23,10 +23,6 @@ use super::speakers::{SpeakerTracker, SILENCE, SPEAKING_LEVEL};
 
 const AUDIO_CLOCK_RATE: u32 = 48_000;
 const VIDEO_CLOCK_RATE: u32 = 90_000;
-/// What a forwarded packet costs a receiver's link beyond its payload:
-/// IPv4 (20) + UDP (8) + RTP (12) + SRTP tag (16). Estimates count whole
-/// packets, so measured layer rates do too.
-const PACKET_OVERHEAD_BYTES: usize = 56;
 /// The most entries of a REQSTREAMS list that are looked at.
 const MAX_STREAM_REQUESTS: usize = 64;
 
@@ -415,9 +411,9 @@ impl Conference {
         match source.layer {
             Some(layer) => {
                 publisher.layer_seen[layer.index()] = Some(now);
-                publisher.layer_rates[layer.index()].record(now, packet.size + PACKET_OVERHEAD_BYTES);
+                publisher.layer_rates[layer.index()].record(now, packet.size);
             }
-            None => publisher.audio_rate.record(now, packet.size + PACKET_OVERHEAD_BYTES),
+            None => publisher.audio_rate.record(now, packet.size),
         }
         if let Some(level) = packet.audio_level {
             self.speakers.observe(source.participant, level);

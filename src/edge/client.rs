@@ -17,6 +17,7 @@ use crate::core::messages::ServerMessage;
 
 use super::estimate::DownlinkEstimate;
 use super::offer::OfferSummary;
+use super::Owner;
 
 /// The data channel label of `docs/contract.md` section 3.2.
 pub const CHANNEL_LABEL: &str = "sft";
@@ -57,14 +58,25 @@ struct SlotTx {
     payload_types: Vec<(Codec, str0m::format::PayloadParams)>,
 }
 
+/// A session's id and who set it up.
+#[derive(Debug)]
+pub struct Session {
+    pub sessid: String,
+    pub userid: String,
+    pub owner: Owner,
+}
+
 pub struct Client {
     pub id: ParticipantId,
     pub conference: ConferenceKey,
     /// The driver's number for `conference`.
     pub conference_number: u64,
-    pub sessid: String,
+    pub session: Session,
     pub rtc: Rtc,
-    /// Addresses this client's datagrams came from (ICE may use several).
+    /// Our ICE ufrag in this session, which new addresses' STUN requests name.
+    pub ufrag: String,
+    /// Addresses this client's datagrams came from (ICE may use several),
+    /// oldest first.
     pub remote_addrs: Vec<SocketAddr>,
     pub last_rx: Instant,
     pub next_timeout: Option<Instant>,
@@ -103,19 +115,21 @@ impl Client {
         id: ParticipantId,
         conference: ConferenceKey,
         conference_number: u64,
-        sessid: String,
+        session: Session,
         mut rtc: Rtc,
         summary: &OfferSummary,
         now: Instant,
     ) -> Self {
         let audio_slots = summary.audio_slots.iter().filter_map(|mid| slot_tx(&mut rtc, mid)).collect();
         let video_slots = summary.video_slots.iter().filter_map(|mid| slot_tx(&mut rtc, mid)).collect();
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Self {
             id,
             conference,
             conference_number,
-            sessid,
+            session,
             rtc,
+            ufrag,
             remote_addrs: Vec::new(),
             last_rx: now,
             next_timeout: Some(now),

@@ -28,12 +28,13 @@ use crate::federation::Rejection;
 use crate::metrics::{DropReason, Metrics};
 
 use super::answer::{self, Estimation};
-use super::client::{Client, Media};
+use super::client::{Client, Media, Session};
 use super::estimate::DownlinkEstimate;
 use super::links::{relay_codec, str0m_codec, Channels, Link};
 use super::offer::OfferSummary;
+use super::sources::Sources;
 use super::udp::{Datagram, MediaSocket};
-use super::{Command, JoinError, JoinRequest};
+use super::{Command, JoinError, JoinRequest, LeaveOutcome, Owner};
 
 /// Datagram batches handled per wake-up before timers and commands get a
 /// turn, so a flood on the socket cannot starve them (quinn's WorkLimiter idea).
@@ -70,7 +71,7 @@ pub(super) struct Driver {
     draining: bool,
     metrics: Arc<Metrics>,
     clients: HashMap<ParticipantId, Client>,
-    by_addr: HashMap<SocketAddr, ParticipantId>,
+    sources: Sources,
     sessions: HashMap<(ConfId, String), ParticipantId>,
     /// Conferences by a process-local number, so the packet path looks them
     /// up without touching (or cloning) the string key.
@@ -123,7 +124,7 @@ impl Driver {
             draining: false,
             metrics,
             clients: HashMap::new(),
-            by_addr: HashMap::new(),
+            sources: Sources::default(),
             sessions: HashMap::new(),
             conferences: HashMap::new(),
             conference_numbers: HashMap::new(),
@@ -179,12 +180,17 @@ impl Driver {
                 let result = self.join(Instant::now(), *request);
                 let _ = reply.send(result);
             }
-            Command::Leave { conf_id, sessid, reply } => {
+            Command::Leave { conf_id, sessid, check, reply } => {
                 let id = self.sessions.get(&(conf_id, sessid)).copied();
-                if let Some(id) = id {
-                    self.ended.push((id, "delete"));
-                }
-                let _ = reply.send(id.is_some());
+                let outcome = match id.and_then(|id| self.clients.get(&id)) {
+                    None => LeaveOutcome::NoSuchSession,
+                    Some(client) if !check(&client.session.userid) => LeaveOutcome::NotYours,
+                    Some(client) => {
+                        self.ended.push((client.id, "delete"));
+                        LeaveOutcome::Left
+                    }
+                };
+                let _ = reply.send(outcome);
             }
             Command::Stats { reply } => {
                 let _ = reply.send(EdgeStats {
@@ -194,6 +200,8 @@ impl Driver {
                 });
             }
             Command::Drain => self.draining = true,
+            #[cfg(test)]
+            Command::InjectPanic => panic!("fault injected into the media thread"),
             Command::LinkUp { link, peer_domain, connection, control } => {
                 self.link_up(link, peer_domain, connection, control)
             }
@@ -211,6 +219,7 @@ impl Driver {
         if self.clients.len() >= self.limits.max_participants {
             return Err(JoinError::AtCapacity("this SFT is at its participant limit"));
         }
+        self.check_quotas(&request.owner)?;
         let existing = self.conference_numbers.get(&request.conference).and_then(|n| self.conferences.get(n));
         if existing.is_some_and(|c| c.counts().0 + c.counts().1 >= self.limits.max_conference_size) {
             return Err(JoinError::AtCapacity("the conference is full"));
@@ -236,7 +245,9 @@ impl Driver {
                 conference.attach_link(now, link);
             }
         }
-        let client = Client::new(id, request.conference.clone(), number, request.sessid, rtc, &summary, now);
+        let session = Session { sessid: request.sessid, userid: request.identity.userid.clone(), owner: request.owner };
+        let client = Client::new(id, request.conference.clone(), number, session, rtc, &summary, now);
+        self.sources.add_session(client.ufrag.clone(), id);
         self.clients.insert(id, client.with_downlink(downlink));
         self.sessions.insert(session_key, id);
         if let Some(conference) = self.conferences.get_mut(&number) {
@@ -251,6 +262,30 @@ impl Driver {
         self.update_gauges();
         tracing::info!(participant = %id, conf = %request.conference.conf_id, "joined");
         Ok(answer)
+    }
+
+    /// Sessions still connecting, in all and from the owner's address, and
+    /// sessions per token stay within their limits. A scan: joins are rare
+    /// next to packets, and bounded by `limits.max_participants`.
+    fn check_quotas(&self, owner: &Owner) -> Result<(), JoinError> {
+        let (mut pending, mut pending_here, mut with_token) = (0, 0, 0);
+        for client in self.clients.values() {
+            if client.connected_at.is_none() {
+                pending += 1;
+                pending_here += usize::from(owner.source.is_some() && client.session.owner.source == owner.source);
+            }
+            with_token += usize::from(owner.token.is_some() && client.session.owner.token == owner.token);
+        }
+        if pending_here >= self.limits.max_pending_sessions_per_source {
+            return Err(JoinError::OverQuota("too many sessions from this address are still connecting"));
+        }
+        if pending >= self.limits.max_pending_sessions {
+            return Err(JoinError::AtCapacity("too many sessions are still connecting"));
+        }
+        if with_token >= self.limits.max_sessions_per_token {
+            return Err(JoinError::OverQuota("this token holds as many sessions as it may"));
+        }
+        Ok(())
     }
 
     /// The driver's number for a conference, creating it when new.
@@ -268,10 +303,10 @@ impl Driver {
     fn receive(&mut self) {
         for _ in 0..MAX_BATCHES_PER_WAKE {
             let now = Instant::now();
-            let Self { socket, clients, by_addr, public_addr, metrics, outgoing, events, ended, .. } = self;
+            let Self { socket, clients, sources, public_addr, metrics, outgoing, events, ended, .. } = self;
             let mut sink = Sink { metrics, outgoing, events, ended };
             let received = socket.recv_batch(|source, datagram| {
-                handle_datagram(now, source, *public_addr, datagram, clients, by_addr, &mut sink);
+                handle_datagram(now, source, *public_addr, datagram, clients, sources, &mut sink);
             });
             match received {
                 Ok(0) => break,
@@ -823,10 +858,8 @@ impl Driver {
     fn remove(&mut self, now: Instant, id: ParticipantId, cause: &'static str) {
         let Some(mut client) = self.clients.remove(&id) else { return };
         client.rtc.disconnect();
-        for addr in &client.remote_addrs {
-            self.by_addr.remove(addr);
-        }
-        self.sessions.remove(&(client.conference.conf_id.clone(), client.sessid.clone()));
+        self.sources.remove_session(&client.ufrag, &client.remote_addrs);
+        self.sessions.remove(&(client.conference.conf_id.clone(), client.session.sessid.clone()));
         let number = client.conference_number;
         if let Some(conference) = self.conferences.get_mut(&number) {
             conference.remove_participant(now, id);
@@ -896,7 +929,7 @@ fn handle_datagram(
     local: SocketAddr,
     datagram: &[u8],
     clients: &mut HashMap<ParticipantId, Client>,
-    by_addr: &mut HashMap<SocketAddr, ParticipantId>,
+    sources: &mut Sources,
     sink: &mut Sink,
 ) {
     let Ok(receive) = Receive::new(Protocol::Udp, source, local, datagram) else {
@@ -904,23 +937,17 @@ fn handle_datagram(
         return;
     };
     let input = Input::Receive(now, receive);
-    let id = match by_addr.get(&source) {
-        Some(id) => *id,
-        // A new address: only a STUN request naming a session's ufrag is accepted.
-        None => match clients.values().find(|c| c.rtc.accepts(&input)) {
-            Some(client) => {
-                by_addr.insert(source, client.id);
-                client.id
-            }
-            None => {
-                sink.metrics.dropped(DropReason::UnknownSource);
-                return;
-            }
-        },
+    let known = sources.known(&source);
+    // A new address: only a STUN request naming a session's ufrag, which
+    // that session accepts, is let in.
+    let claimed = || sources.claimed(datagram).filter(|id| clients.get(id).is_some_and(|c| c.rtc.accepts(&input)));
+    let Some(id) = known.or_else(claimed) else {
+        sink.metrics.dropped(DropReason::UnknownSource);
+        return;
     };
     let Some(client) = clients.get_mut(&id) else { return };
-    if !client.remote_addrs.contains(&source) {
-        client.remote_addrs.push(source);
+    if known.is_none() {
+        sources.learn(source, id, &mut client.remote_addrs);
     }
     if let Err(e) = client.rtc.handle_input(input) {
         tracing::debug!(participant = %id, "datagram rejected: {e}");

@@ -10,9 +10,11 @@ mod driver;
 mod estimate;
 mod links;
 pub mod offer;
+mod sources;
+mod stun;
 pub mod udp;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use str0m::change::SdpOffer;
@@ -39,7 +41,31 @@ pub struct JoinRequest {
     /// For a conference anchored elsewhere: the relay link to its anchor and
     /// the token that attaches the conference to it.
     pub anchor_link: Option<(LinkId, String)>,
+    pub owner: Owner,
 }
+
+/// Who set a session up, for the quotas on sessions not connected yet
+/// and on sessions per token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The client's address, IPv6 reduced to its /64; `None` when it is
+    /// exempt from per-source limits.
+    pub source: Option<IpAddr>,
+    /// The bearer token of the SETUP, with `signalling.auth_secret`.
+    pub token: Option<String>,
+}
+
+/// How a leave request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveOutcome {
+    Left,
+    NoSuchSession,
+    /// The session is someone else's.
+    NotYours,
+}
+
+/// Decides, from the session's userid, whether a leave request may end it.
+pub type LeaveCheck = Box<dyn FnOnce(&str) -> bool + Send>;
 
 #[derive(Debug, Error)]
 pub enum JoinError {
@@ -49,6 +75,9 @@ pub enum JoinError {
     SessionExists(String),
     #[error("{0}")]
     AtCapacity(&'static str),
+    /// A quota of the caller's (its source address, its token) is used up.
+    #[error("{0}")]
+    OverQuota(&'static str),
     #[error("the media edge has stopped")]
     Stopped,
 }
@@ -62,13 +91,17 @@ enum Command {
     Leave {
         conf_id: ConfId,
         sessid: String,
-        reply: oneshot::Sender<bool>,
+        check: LeaveCheck,
+        reply: oneshot::Sender<LeaveOutcome>,
     },
     Stats {
         reply: oneshot::Sender<EdgeStats>,
     },
     /// The SFT drains: relay attaches may no longer start conferences.
     Drain,
+    /// Tests of supervision: the media thread panics.
+    #[cfg(test)]
+    InjectPanic,
     LinkUp {
         link: LinkId,
         peer_domain: String,
@@ -108,13 +141,13 @@ impl EdgeHandle {
         answer.await.map_err(|_| JoinError::Stopped)?
     }
 
-    /// Ends a session; false if there was none.
-    pub async fn leave(&self, conf_id: ConfId, sessid: String) -> bool {
+    /// Ends a session if `check` allows it for the session's userid.
+    pub async fn leave(&self, conf_id: ConfId, sessid: String, check: LeaveCheck) -> LeaveOutcome {
         let (reply, done) = oneshot::channel();
-        if self.commands.send(Command::Leave { conf_id, sessid, reply }).await.is_err() {
-            return false;
+        if self.commands.send(Command::Leave { conf_id, sessid, check, reply }).await.is_err() {
+            return LeaveOutcome::NoSuchSession;
         }
-        done.await.unwrap_or(false)
+        done.await.unwrap_or(LeaveOutcome::NoSuchSession)
     }
 
     pub(crate) async fn link_up(
@@ -143,6 +176,17 @@ impl EdgeHandle {
     /// refused (`draining`).
     pub async fn drain(&self) {
         let _ = self.commands.send(Command::Drain).await;
+    }
+
+    /// Whether the media thread still runs. It ends only when the process
+    /// ends, or when it panicked: then media is gone for good.
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
+    /// Resolves once the media thread has stopped.
+    pub async fn stopped(&self) {
+        self.commands.closed().await;
     }
 
     pub async fn stats(&self) -> Option<EdgeStats> {
@@ -182,4 +226,23 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<(EdgeHan
     let driver = driver::Driver::new(socket, public_addr, host_candidate, config, metrics);
     std::thread::Builder::new().name(MEDIA_THREAD.into()).spawn(move || runtime.block_on(driver.run(receiver)))?;
     Ok((EdgeHandle { commands }, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_media_thread_is_seen_as_stopped() {
+        let listen = ["SFT_SIGNALLING__LISTEN", "SFT_MEDIA__LISTEN", "SFT_METRICS__LISTEN"]
+            .map(|key| (key.to_string(), "\"127.0.0.1:0\"".to_string()));
+        let config = Config::load(None, listen).unwrap();
+        let (edge, _) = start(&config, Arc::new(Metrics::new())).unwrap();
+        assert!(edge.is_running());
+        assert!(edge.stats().await.is_some());
+        edge.commands.send(Command::InjectPanic).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), edge.stopped()).await.expect("seen within 10 s");
+        assert!(!edge.is_running());
+        assert!(edge.stats().await.is_none());
+    }
 }

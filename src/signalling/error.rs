@@ -3,6 +3,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
 use axum::Json;
 use thiserror::Error;
 
@@ -10,7 +12,8 @@ use crate::edge::JoinError;
 use crate::federation::FederationError;
 use crate::metrics::RejectReason;
 
-/// How long a client should wait before retrying a 503.
+/// How long a client should wait before retrying a 503, or a quota's 429:
+/// sessions that never connect end after `media.idle_timeout` (10 s).
 const RETRY_AFTER_SECONDS: &str = "10";
 
 #[derive(Debug, Error)]
@@ -33,6 +36,15 @@ pub enum ApiError {
     AnchorUnreachable(String),
     #[error("{0}")]
     NotFound(String),
+    /// Too many requests from this source: try again after the duration.
+    #[error("too many requests from this address; retry after {} s", retry_after_seconds(*.0))]
+    RateLimited(Duration),
+    #[error("{0}")]
+    OverQuota(&'static str),
+}
+
+fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl ApiError {
@@ -46,6 +58,7 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::AnchorUnreachable(_) => (StatusCode::BAD_GATEWAY, "anchor-unreachable"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Self::RateLimited(_) | Self::OverQuota(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
         }
     }
 
@@ -59,6 +72,7 @@ impl ApiError {
             Self::TooLarge => RejectReason::TooLarge,
             Self::Unavailable(_) => RejectReason::Unavailable,
             Self::AnchorUnreachable(_) => RejectReason::AnchorUnreachable,
+            Self::RateLimited(_) | Self::OverQuota(_) => RejectReason::RateLimited,
             Self::NotFound(_) => return None,
         })
     }
@@ -80,6 +94,7 @@ impl From<JoinError> for ApiError {
             JoinError::BadOffer(why) => Self::BadRequest(format!("SDP offer: {why}")),
             JoinError::SessionExists(_) => Self::SessionExists(error.to_string()),
             JoinError::AtCapacity(why) => Self::Unavailable(why),
+            JoinError::OverQuota(why) => Self::OverQuota(why),
             JoinError::Stopped => Self::Unavailable("the media edge is shutting down"),
         }
     }
@@ -94,8 +109,13 @@ impl IntoResponse for ApiError {
             // The rest of the body may still be on its way: do not reuse the connection.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        let retry_after = match self {
+            Self::RateLimited(wait) => Some(HeaderValue::from(retry_after_seconds(wait))),
+            Self::OverQuota(_) => Some(HeaderValue::from_static(RETRY_AFTER_SECONDS)),
+            _ => (status == StatusCode::SERVICE_UNAVAILABLE).then_some(HeaderValue::from_static(RETRY_AFTER_SECONDS)),
+        };
+        if let Some(retry_after) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, retry_after);
         }
         response
     }

@@ -7,12 +7,14 @@ mod body;
 mod cors;
 mod demo;
 mod error;
+mod rate_limit;
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -21,12 +23,13 @@ use serde::Deserialize;
 
 use crate::core::ids::{ConfId, ConferenceKey, Identity};
 use crate::drain::Drain;
-use crate::edge::{offer, EdgeHandle, JoinRequest};
+use crate::edge::{offer, EdgeHandle, JoinRequest, LeaveOutcome, Owner};
 use crate::federation::{Federation, Rejection};
 use crate::metrics::Metrics;
 
 pub use auth::sign as sign_token;
 pub use error::ApiError;
+pub use rate_limit::RateLimiter;
 
 const MAX_SESSID_CHARS: usize = 64;
 const MAX_ID_CHARS: usize = 256;
@@ -40,6 +43,40 @@ pub struct Signalling {
     pub drain: Arc<Drain>,
     /// `None` while federation is off.
     pub federation: Option<Arc<Federation>>,
+    /// SETUP and DELETE requests per source address.
+    pub rate_limit: Mutex<RateLimiter>,
+    /// Whether loopback sources are held to the per-source limits too.
+    pub limit_loopback: bool,
+}
+
+impl Signalling {
+    /// Who `peer` counts as for the per-source limits: `None` (no limits)
+    /// on loopback, a reverse proxy on this host that speaks for everyone,
+    /// unless `limits.limit_loopback` is set.
+    fn source_of(&self, peer: SocketAddr) -> Option<IpAddr> {
+        let source = rate_limit::source_key(peer.ip());
+        (self.limit_loopback || !source.is_loopback()).then_some(source)
+    }
+
+    /// Takes one of `peer`'s requests from its source's bucket.
+    fn admit(&self, peer: SocketAddr) -> Result<(), ApiError> {
+        let Some(source) = self.source_of(peer) else { return Ok(()) };
+        let mut limiter = self.rate_limit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        limiter.check(Instant::now(), source).map_err(ApiError::RateLimited)
+    }
+
+    /// With `auth_secret`, the `Authorization` header's token, checked
+    /// against the conference and the userid.
+    fn authorize(&self, headers: &HeaderMap, conf_id: &str, userid: &str) -> Result<(), ApiError> {
+        let Some(secret) = &self.auth_secret else { return Ok(()) };
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        auth::verify(secret, authorization, conf_id, userid, unix_now())
+            .map_err(|e| ApiError::Unauthorized(e.message()))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 pub fn router(state: Arc<Signalling>) -> Router {
@@ -80,12 +117,17 @@ struct Anchor {
 
 async fn setup(
     State(state): State<Arc<Signalling>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(conf_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    match join(&state, &conf_id, &headers, &body).await {
+    let joined = match state.admit(peer) {
+        Ok(()) => join(&state, peer, &conf_id, &headers, &body).await,
+        Err(error) => Err(error),
+    };
+    match joined {
         Ok(answer) => {
             state.metrics.join_duration.observe(started.elapsed().as_secs_f64());
             Json(answer).into_response()
@@ -102,6 +144,7 @@ async fn setup(
 
 async fn join(
     state: &Signalling,
+    peer: SocketAddr,
     conf_id: &str,
     headers: &HeaderMap,
     body: &[u8],
@@ -113,12 +156,7 @@ async fn join(
     if state.drain.is_draining() {
         return Err(ApiError::Unavailable("this SFT is draining"));
     }
-    if let Some(secret) = &state.auth_secret {
-        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        auth::verify(secret, authorization, conf_id.as_str(), &setup.src_userid, now_secs)
-            .map_err(|e| ApiError::Unauthorized(e.message()))?;
-    }
+    state.authorize(headers, conf_id.as_str(), &setup.src_userid)?;
     // Parsed here, not on the media thread, so garbage costs no session a packet.
     let (offer, summary) =
         offer::parse(&setup.props.sdp).map_err(|e| ApiError::BadRequest(format!("SDP offer: {e}")))?;
@@ -138,7 +176,11 @@ async fn join(
     };
     let conference = ConferenceKey { anchor_domain: anchor_domain.clone(), conf_id: conf_id.clone() };
     let identity = Identity { userid: setup.src_userid, clientid: setup.src_clientid, domain: state.domain.clone() };
-    let request = JoinRequest { conference, sessid: setup.sessid.clone(), identity, offer, summary, anchor_link };
+    // The token is kept for the sessions-per-token quota.
+    let token = state.auth_secret.as_ref().and(headers.get(header::AUTHORIZATION)).and_then(|v| v.to_str().ok());
+    let owner = Owner { source: state.source_of(peer), token: token.map(str::to_owned) };
+    let sessid = setup.sessid.clone();
+    let request = JoinRequest { conference, sessid, identity, offer, summary, anchor_link, owner };
     let answer_sdp = state.edge.join(request).await?;
     Ok(serde_json::json!({
         "version": "3.0",
@@ -176,15 +218,26 @@ fn is_setup_path(path: &str) -> bool {
     path.strip_prefix("/sft/").is_some_and(|conf_id| !conf_id.is_empty() && !conf_id.contains('/'))
 }
 
+/// Ends a session. With `auth_secret`, only with a token for the
+/// conference and the session's own user.
 async fn leave(
     State(state): State<Arc<Signalling>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((conf_id, sessid)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
+    state.admit(peer)?;
     let conf_id = ConfId::parse(&conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if state.edge.leave(conf_id, sessid).await {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("no such session in this conference".into()))
+    if state.auth_secret.is_some() && !headers.contains_key(header::AUTHORIZATION) {
+        return Err(ApiError::Unauthorized("missing Authorization: Bearer token"));
+    }
+    let checker = state.clone();
+    let conf = conf_id.as_str().to_owned();
+    let check = Box::new(move |userid: &str| checker.authorize(&headers, &conf, userid).is_ok());
+    match state.edge.leave(conf_id, sessid, check).await {
+        LeaveOutcome::Left => Ok(StatusCode::NO_CONTENT),
+        LeaveOutcome::NoSuchSession => Err(ApiError::NotFound("no such session in this conference".into())),
+        LeaveOutcome::NotYours => Err(ApiError::Unauthorized("the token is not for this session's user")),
     }
 }
 
