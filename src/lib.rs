@@ -12,6 +12,8 @@ pub mod core;
 pub mod drain;
 pub mod edge;
 pub mod federation;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 #[cfg(feature = "load")]
 pub mod load;

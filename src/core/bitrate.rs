@@ -23,7 +23,7 @@ pub struct BitrateMeter {
 impl BitrateMeter {
     pub fn record(&mut self, now: Instant, bytes: usize) {
         self.roll(now);
-        self.bytes += bytes as u64;
+        self.bytes = self.bytes.saturating_add(bytes as u64);
     }
 
     /// The measured rate, `None` before a first complete window or once the
@@ -46,7 +46,7 @@ impl BitrateMeter {
         }
         // A gap longer than a window counts as silence in the average.
         let millis = elapsed.as_millis().max(1) as u64;
-        let rate = self.bytes * 8 * 1000 / millis;
+        let rate = self.bytes.saturating_mul(8 * 1000) / millis;
         self.previous = self.last.map(|(rate, _)| rate);
         self.last = Some((u32::try_from(rate).unwrap_or(u32::MAX), now));
         self.window_start = Some(now);

@@ -152,4 +152,15 @@ mod tests {
         assert_eq!(serde_json::from_str::<ClientMessage>(r#"{"type":"HANGUP"}"#).unwrap(), ClientMessage::Hangup);
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"NOPE"}"#).is_err());
     }
+
+    /// Mutated data-channel messages: parsed or refused, never a panic.
+    #[test]
+    fn fuzzed_client_messages_are_parsed_or_refused() {
+        let request = r#"{"type":"REQSTREAMS","streams":[{"userid":"b","clientid":"c","domain":"d","quality":"low"}]}"#;
+        let mut parsed = 0;
+        crate::fuzz::run(31, &[request.as_bytes(), br#"{"type":"HANGUP"}"#], |input| {
+            parsed += usize::from(serde_json::from_slice::<ClientMessage>(input).is_ok());
+        });
+        assert!(parsed > 0);
+    }
 }

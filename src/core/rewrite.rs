@@ -58,7 +58,8 @@ impl SlotRewriter {
                 // At least one tick, so the first frame of the new source is
                 // never "the same frame" as the last one of the old source.
                 let ticks = ticks.clamp(1, u64::from(u32::MAX / 2)) as u32;
-                (last.seq + 1, last.ts.wrapping_add(ticks))
+                // Wrapping on purpose: a relay peer supplies the sequence numbers.
+                (last.seq.wrapping_add(1), last.ts.wrapping_add(ticks))
             }
         };
         self.current = Some(Mapping {
@@ -155,5 +156,33 @@ mod tests {
         let mut rw = SlotRewriter::new(90_000);
         rw.switch_to(now, key(1), 1, u32::MAX - 10);
         assert_eq!(rw.rewrite(now, 2, 5).unwrap().1, 5);
+    }
+
+    /// Arbitrary scripts of switches and packets, numbers from a peer
+    /// included (any u64 sequence, any timestamp): never a panic, and the
+    /// first packet after a switch always continues the slot's numbering.
+    #[test]
+    fn fuzzed_sequences_never_panic_and_switches_continue_the_numbering() {
+        let samples: [&[u8]; 2] = [&[0; 64], &[0xff; 64]];
+        crate::fuzz::run(5, &samples, |script| {
+            let mut now = Instant::now();
+            let mut rw = SlotRewriter::new(90_000);
+            let mut highest: Option<u64> = None;
+            for op in script.chunks(14) {
+                let number = |at: usize, len: usize| {
+                    op.get(at..at + len).map_or(0, |b| b.iter().fold(0u64, |n, byte| n << 8 | u64::from(*byte)))
+                };
+                let (seq, ts) = (number(1, 8), number(9, 4) as u32);
+                now += Duration::from_millis(number(13, 1));
+                if op[0] % 4 == 0 {
+                    rw.switch_to(now, key(u64::from(op[0])), seq, ts);
+                    let (out, _) = rw.rewrite(now, seq, ts).expect("the switch packet itself goes through");
+                    assert_eq!(out, highest.map_or(FIRST_SEQ, |h| h.wrapping_add(1)));
+                }
+                if let Some((out, _)) = rw.rewrite(now, seq, ts) {
+                    highest = Some(highest.map_or(out, |h| h.max(out)));
+                }
+            }
+        });
     }
 }

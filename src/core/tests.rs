@@ -798,3 +798,67 @@ fn reported_layers_count_as_flowing_and_priced_though_they_do_not_arrive() {
     }
     assert_eq!(sim.subscription(b), Some(vec![(7, vec![Low])]));
 }
+
+/// One step of what peers send the core, for the fuzz test below.
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "op")]
+enum PeerInput {
+    Roster { entries: Vec<RosterEntry> },
+    Subscribe { streams: Vec<Subscription> },
+    Layers { publishers: Vec<PublisherLayers> },
+    Request { streams: Vec<StreamRequest> },
+    Rtp { publisher: u64, layer: Option<Layer>, seq: u64, ts: u32, keyframe: bool, size: usize, level: Option<u8> },
+    Keyframe { publisher: u64, layer: Option<Layer> },
+    Advance { ms: u16 },
+}
+
+/// Scripts of what a relay peer (rosters, subscriptions, layer reports,
+/// media with any sequence number) and a client (REQSTREAMS) send, mutated,
+/// into a conference with local and remote participants: never a panic.
+#[test]
+fn fuzzed_peer_and_client_input_never_panics_the_core() {
+    let script = r#"[
+        {"op":"Roster","entries":[{"id":7,"identity":{"userid":"bob","clientid":"c","domain":"b.example"},"audio":true,"layers":["l","m","h"]}]},
+        {"op":"Subscribe","streams":[{"publisher":1,"layers":["m","h"]}]},
+        {"op":"Layers","publishers":[{"publisher":7,"layers":[{"layer":"l","bps":90000},{"layer":"h"}]}]},
+        {"op":"Request","streams":[{"userid":"bob","clientid":"c","domain":"b.example","quality":"high"}]},
+        {"op":"Rtp","publisher":7,"layer":"h","seq":18446744073709551615,"ts":4294967295,"keyframe":true,"size":1200,"level":null},
+        {"op":"Rtp","publisher":1,"layer":null,"seq":0,"ts":0,"keyframe":false,"size":60,"level":3},
+        {"op":"Keyframe","publisher":1,"layer":"m"},
+        {"op":"Advance","ms":700}
+    ]"#;
+    let (mut sim, b, _bob) = demand_with_bob();
+    sim.join(1, spec("local", &SIMULCAST, 2));
+    sim.join(2, spec("viewer", &[], 3));
+    let mut next_remote = 1_000;
+    crate::fuzz::run(23, &[script.as_bytes()], |input| {
+        let Ok(steps) = serde_json::from_slice::<Vec<PeerInput>>(input) else { return };
+        for step in steps {
+            match step {
+                PeerInput::Roster { entries } => {
+                    sim.conf.handle_roster(sim.now, b, entries, || {
+                        next_remote += 1;
+                        ParticipantId(next_remote)
+                    });
+                }
+                PeerInput::Subscribe { streams } => sim.conf.handle_subscription(b, streams),
+                PeerInput::Layers { publishers } => sim.conf.handle_layer_report(sim.now, b, publishers),
+                PeerInput::Request { streams } => sim.conf.handle_request_streams(sim.now, ParticipantId(2), streams),
+                PeerInput::Rtp { publisher, layer, seq, ts, keyframe, size, level } => {
+                    let participant = ParticipantId(publisher);
+                    let stream = layer.map_or(StreamKey::audio(participant), |l| StreamKey::video(participant, l));
+                    let packet = IncomingRtp { stream, seq, timestamp: ts, keyframe, size, audio_level: level };
+                    sim.conf.handle_rtp(sim.now, &packet, &mut Routes::default());
+                }
+                PeerInput::Keyframe { publisher, layer } => {
+                    let participant = ParticipantId(publisher);
+                    let stream = layer.map_or(StreamKey::audio(participant), |l| StreamKey::video(participant, l));
+                    sim.conf.handle_relayed_keyframe_request(sim.now, b, stream);
+                }
+                PeerInput::Advance { ms } => sim.advance(Duration::from_millis(u64::from(ms))),
+            }
+            sim.drain();
+        }
+        sim.outputs.clear();
+    });
+}

@@ -234,6 +234,8 @@ impl Driver {
         let (number, created) = self.conference_number(&request.conference);
         if let (true, Some((link, token))) = (created, request.anchor_link) {
             // Federated: our number is the channel; the anchor learns it from Attach.
+            // Truncation on purpose: a channel must only be unique among the
+            // conferences live on one link, and numbers wrap after 2^32 conferences.
             let channel = number as u32;
             self.channels.insert(link, channel, number);
             let conf_id = request.conference.conf_id.as_str().to_owned();

@@ -11,7 +11,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
-use super::framing::{encode_control, Control, ALPN, MAX_CONTROL_FRAME};
+use super::framing::{self, encode_control, Control, ALPN, MAX_CONTROL_FRAME};
 use super::trust::{Rejection, Trust};
 use super::{Admission, Federation};
 use crate::core::ids::LinkId;
@@ -150,7 +150,7 @@ pub async fn read_control(recv: &mut RecvStream) -> Result<Option<Control>, Stri
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    serde_json::from_slice(&body).map(Some).map_err(|e| format!("bad control frame: {e}"))
+    framing::decode_control(&body).map(Some).map_err(|e| format!("bad control frame: {e}"))
 }
 
 /// Runs one established link until it ends: hands datagrams and control

@@ -150,9 +150,7 @@ async fn join(
     body: &[u8],
 ) -> Result<serde_json::Value, ApiError> {
     let conf_id = ConfId::parse(conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let setup: SetupRequest =
-        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid SETUP JSON: {e}")))?;
-    check_setup(&setup)?;
+    let setup = parse_setup(body)?;
     if state.drain.is_draining() {
         return Err(ApiError::Unavailable("this SFT is draining"));
     }
@@ -191,6 +189,14 @@ async fn join(
         "anchor_domain": anchor_domain,
         "props": { "type": "answer", "sdp": answer_sdp },
     }))
+}
+
+/// A SETUP body, read and checked.
+fn parse_setup(body: &[u8]) -> Result<SetupRequest, ApiError> {
+    let setup: SetupRequest =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid SETUP JSON: {e}")))?;
+    check_setup(&setup)?;
+    Ok(setup)
 }
 
 fn check_setup(setup: &SetupRequest) -> Result<(), ApiError> {
@@ -243,4 +249,28 @@ async fn leave(
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mutated SETUP bodies: a checked request or a 400, never a panic.
+    #[test]
+    fn fuzzed_setup_bodies_are_read_or_refused() {
+        let sample = serde_json::json!({
+            "version": "3.0", "type": "SETUP", "sessid": "s1", "src_userid": "alice", "src_clientid": "c1",
+            "props": {"type": "offer", "sdp": "v=0\r\n"}, "anchor": {"domain": "a.example", "url": "https://a"}
+        })
+        .to_string();
+        let mut read = 0;
+        crate::fuzz::run(3, &[sample.as_bytes()], |body| match parse_setup(body) {
+            Ok(setup) => {
+                read += 1;
+                assert!((1..=MAX_SESSID_CHARS).contains(&setup.sessid.chars().count()));
+            }
+            Err(error) => assert!(matches!(error, ApiError::BadRequest(_)), "{error}"),
+        });
+        assert!(read > 0, "some mutations stay valid");
+    }
 }

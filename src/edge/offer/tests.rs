@@ -185,4 +185,26 @@ mod real_offers {
             assert_eq!(bundle.split(' ').count() - 1, offered, "{client}: {bundle}");
         }
     }
+
+    /// Mutated real offers get a clear error or a summary, never a panic;
+    /// every twentieth that passes the check is also answered (an answer
+    /// costs a DTLS certificate, too slow for all of them).
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any instant will do as the session's start
+    fn fuzzed_offers_are_refused_or_answered() {
+        let media: SocketAddr = "127.0.0.1:20000".parse().unwrap();
+        let candidate = str0m::Candidate::host(media, "udp").unwrap();
+        let samples = [FIREFOX, CHROMIUM, SAFARI, AIORTC, WEBRTC_RS].map(str::as_bytes);
+        let mut accepted = 0;
+        crate::fuzz::run(11, &samples, |input| {
+            let Ok(sdp) = std::str::from_utf8(input) else { return };
+            let Ok((offer, _)) = parse(sdp) else { return };
+            accepted += 1;
+            if accepted % 20 == 1 {
+                let estimation = Estimation { enabled: true, downlink: DownlinkEstimate::new(None) };
+                let _ = answer(Instant::now(), candidate.clone(), offer, estimation);
+            }
+        });
+        assert!(accepted > 0, "some mutations keep an offer valid");
+    }
 }
