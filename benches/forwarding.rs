@@ -17,15 +17,16 @@
 //! its CPU time read from `/proc/thread-self/schedstat`.
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
+mod common;
 #[path = "../tests/common/str0m_client.rs"]
 mod str0m_client;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{first_number, process_cpu_ns, SftProcess, SETUP_TIMEOUT};
 use sft::edge::udp::{Datagram, MediaSocket};
 use str0m_client::{connect_all, vp8_keyframe, Str0mClient};
 
@@ -38,54 +39,9 @@ const RECEIVER_COUNTS: [usize; 2] = [4, 16];
 /// Rounds per receiver count; the median is reported (this machine's noise
 /// moves single runs by ±10 %).
 const REPEATS: usize = 3;
-const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// CPU nanoseconds of every thread of `pid` (`self` for this process).
-fn process_cpu_ns(pid: u32) -> u64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc is readable");
-    tasks.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()).map(|s| first_number(&s)).sum()
-}
 
 fn thread_cpu_ns() -> u64 {
     first_number(&std::fs::read_to_string("/proc/thread-self/schedstat").expect("/proc is readable"))
-}
-
-fn first_number(text: &str) -> u64 {
-    text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
-struct SftProcess {
-    child: Child,
-    signalling: SocketAddr,
-}
-
-impl SftProcess {
-    fn start() -> Self {
-        let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let (signalling, metrics) = (free(), free());
-        let media = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sft"))
-            .env("SFT_SIGNALLING__LISTEN", signalling.to_string())
-            .env("SFT_METRICS__LISTEN", metrics.to_string())
-            .env("SFT_MEDIA__LISTEN", media.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the sft binary starts");
-        let deadline = Instant::now() + SETUP_TIMEOUT;
-        while reqwest::blocking::get(format!("http://{metrics}/healthz")).is_err() {
-            assert!(Instant::now() < deadline, "the SFT never answered");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, signalling }
-    }
-}
-
-impl Drop for SftProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// CPU nanoseconds the SFT spent per packet it sent to `receivers` clients,

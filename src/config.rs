@@ -24,6 +24,10 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid config key `{key}`: {why}")]
     Invalid { key: &'static str, why: String },
+    /// A key whose value has the wrong type, or that no section knows;
+    /// `origin` names the environment variable that set it, if one did.
+    #[error("invalid config key `{key}`{origin}: {why}")]
+    Key { key: String, origin: String, why: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +156,9 @@ pub struct Limits {
     pub max_pending_sessions_per_source: usize,
     /// Sessions one bearer token may hold at once (with `signalling.auth_secret`).
     pub max_sessions_per_token: usize,
+    /// Data channel messages a second one client may send (after a burst
+    /// of twice that); more are dropped and counted.
+    pub client_messages_per_second: u32,
     /// Hold loopback sources to the per-source limits too (by default a
     /// reverse proxy on this host is not taken for one client).
     pub limit_loopback: bool,
@@ -173,6 +180,8 @@ pub struct Config {
     pub federation: Option<FederationConfig>,
     /// Where this configuration came from, to read it again on reload.
     source: Source,
+    /// `SFT_*` variables that were not configuration, with why.
+    ignored_variables: Vec<String>,
 }
 
 /// The file and the `SFT_*` environment variables a configuration was read from.
@@ -219,21 +228,40 @@ impl Config {
         if let Some(path) = file {
             let text =
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-            let overlay: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::Parse(format!("{}: {}", path.display(), e.message())))?;
+            let overlay: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                let (line, column) = e.span().map_or((1, 1), |span| line_and_column(&text, span.start));
+                let why = e.message().trim().replace('\n', "; ");
+                ConfigError::Parse(format!("{}:{line}:{column}: {why}", path.display()))
+            })?;
             merge(&mut table, overlay);
         }
-        let env: Vec<(String, String)> = env.into_iter().filter(|(name, _)| name.starts_with("SFT_")).collect();
+        let (env, ignored) = config_variables(env);
         for (name, value) in &env {
             apply_env(&mut table, name, value);
         }
-        let raw: RawConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_owned()))?;
+        // Read back from text, so an error has a position to name its key by.
+        let text = toml::to_string(&table).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let why = e.message().trim().replace('\n', "; ");
+            let Some(key) = e.span().and_then(|span| key_at(&text, span.start)) else {
+                return ConfigError::Parse(why);
+            };
+            let origin = env
+                .iter()
+                .find(|(name, _)| variable_key(name) == key)
+                .map_or(String::new(), |(name, _)| format!(" (from {name})"));
+            ConfigError::Key { key, origin, why }
+        })?;
         let mut config = raw.check()?;
         config.source = Source { file: file.map(Path::to_owned), env };
+        config.ignored_variables = ignored;
         Ok(config)
+    }
+
+    /// `SFT_*` environment variables that were not taken as configuration,
+    /// each with why (for a warning once logging is up).
+    pub fn ignored_variables(&self) -> &[String] {
+        &self.ignored_variables
     }
 
     /// The same file and environment read again: what a reload applies.
@@ -259,6 +287,63 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
             }
         }
     }
+}
+
+/// Top-level keys, the only ones set by a variable without `__`.
+const TOP_LEVEL_KEYS: [&str; 2] = ["domain", "drain_timeout"];
+
+/// The configuration variables among `env`: `SFT_<SECTION>__<KEY>` (any
+/// depth) and `SFT_<TOP_LEVEL_KEY>`. Other `SFT_*` variables (Kubernetes
+/// puts `<SERVICE>_SERVICE_HOST` for every service into every pod) are
+/// ignored; the second list says which, and why when one looks like a typo.
+fn config_variables(env: impl IntoIterator<Item = (String, String)>) -> (Vec<(String, String)>, Vec<String>) {
+    let mut ignored = Vec::new();
+    let taken = env
+        .into_iter()
+        .filter(|(name, _)| {
+            let Some(rest) = name.strip_prefix("SFT_") else { return false };
+            let shaped = rest.contains("__") || TOP_LEVEL_KEYS.contains(&rest.to_lowercase().as_str());
+            if !shaped {
+                let section = SECTIONS.iter().find(|s| rest.to_lowercase().starts_with(&format!("{s}_")));
+                ignored.push(match section {
+                    Some(section) => format!(
+                        "{name} is not configuration (did you mean SFT_{}__{}?)",
+                        section.to_uppercase(),
+                        &rest[section.len() + 1..]
+                    ),
+                    None => format!("{name} is not configuration"),
+                });
+            }
+            shaped
+        })
+        .collect();
+    (taken, ignored)
+}
+
+/// The sections of the configuration.
+const SECTIONS: [&str; 5] = ["signalling", "media", "limits", "metrics", "federation"];
+
+/// The `section.key` a configuration variable sets.
+fn variable_key(name: &str) -> String {
+    name.trim_start_matches("SFT_").split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".")
+}
+
+/// 1-based line and column of byte `at` in `text`.
+fn line_and_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
+}
+
+/// The `section.key` whose line holds byte `at` of serialized TOML `text`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = &text[..at.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    let section = before[..line_start].lines().rev().find_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']'));
+    Some(section.map_or_else(|| key.to_owned(), |section| format!("{section}.{key}")))
 }
 
 /// `SFT_MEDIA__PUBLIC_IP=1.2.3.4` sets `media.public_ip`; `SFT_DOMAIN=x`
@@ -322,7 +407,7 @@ impl RawConfig {
         {
             return Err(ConfigError::Invalid {
                 key: "media.idle_timeout",
-                why: "must be between 0 and 3600 seconds".into(),
+                why: "must be more than 0 and at most 3600 seconds".into(),
             });
         }
         if self.media.max_receive_kbps.is_some_and(|kbps| !(32..=1_000_000).contains(&kbps)) {
@@ -367,7 +452,9 @@ impl RawConfig {
             limits.max_pending_sessions_per_source,
             limits.max_sessions_per_token,
         ];
-        if counts.contains(&0) || limits.signalling_rate == 0 || limits.signalling_burst == 0 {
+        if counts.contains(&0)
+            || [limits.signalling_rate, limits.signalling_burst, limits.client_messages_per_second].contains(&0)
+        {
             return Err(ConfigError::Invalid { key: "limits", why: "limits must be at least 1".into() });
         }
         if !(1..=3600).contains(&limits.http_header_timeout) {
@@ -398,6 +485,7 @@ impl RawConfig {
             admin_token: self.metrics.admin_token.filter(|token| !token.is_empty()),
             federation,
             source: Source::default(),
+            ignored_variables: Vec::new(),
         })
     }
 }
@@ -450,7 +538,7 @@ impl RawFederation {
         if !(self.link_timeout.is_finite() && self.link_timeout > 0.0 && self.link_timeout <= 3600.0) {
             return Err(ConfigError::Invalid {
                 key: "federation.link_timeout",
-                why: "must be between 0 and 3600 seconds".into(),
+                why: "must be more than 0 and at most 3600 seconds".into(),
             });
         }
         if self.max_conferences_per_link == 0 {
@@ -538,7 +626,10 @@ mod tests {
             ("[media]\nlisten = \"0.0.0.0:1\"\n", "media.public_ip"),
             ("[media]\nidle_timeout = -1\n", "media.idle_timeout"),
             ("[signalling]\ntls_cert = \"x\"\n", "signalling.tls_key"),
-            ("[media]\nbogus = 1\n", "bogus"),
+            ("[media]\nbogus = 1\n", "media.bogus"),
+            ("[limits]\nmax_participants = \"lots\"\n", "limits.max_participants"),
+            ("[media]\nidle_timeout = 0\n", "more than 0"),
+            ("[limits]\nmax_participants = 1\n[limits\n", ":3:8: invalid table header"),
             ("domain = \"a b\"\n", "domain"),
         ];
         for (toml, key) in cases {
@@ -572,6 +663,22 @@ mod tests {
             assert!(err.contains(key), "{toml:?} gave {err:?}");
         }
         assert!(!Strategy::AllowNone.allows("a") && Strategy::AllowAll.allows("a"));
+    }
+
+    #[test]
+    fn a_bad_variable_is_named_and_other_sft_variables_are_ignored() {
+        let err = load_str("", &[("SFT_MEDIA__IDLE_TIMEOUT", "soon")]).unwrap_err().to_string();
+        assert!(err.contains("media.idle_timeout") && err.contains("SFT_MEDIA__IDLE_TIMEOUT"), "{err}");
+        // Kubernetes service links and near misses: ignored, the near miss explained.
+        let env = [("SFT_SFT_MEDIA_SERVICE_HOST", "10.0.0.1"), ("SFT_MEDIA_LISTEN", "x"), ("SFT_DOMAIN", "b.example")];
+        let config = load_str("", &env).unwrap();
+        assert_eq!(config.domain, "b.example");
+        let ignored = config.ignored_variables();
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert!(ignored[1].contains("did you mean SFT_MEDIA__LISTEN"), "{ignored:?}");
+        // A misspelt key in a config-shaped variable is still an error.
+        let err = load_str("", &[("SFT_MEDIA__LISTN", "\"127.0.0.1:1\"")]).unwrap_err().to_string();
+        assert!(err.contains("media.listn") && err.contains("SFT_MEDIA__LISTN"), "{err}");
     }
 
     #[test]

@@ -83,6 +83,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for ignored in config.ignored_variables() {
+        tracing::warn!("ignoring environment variable {ignored}");
+    }
     if let Some(ip) = cli.public_ip {
         config.set_public_ip(ip);
     }
@@ -95,7 +98,9 @@ async fn run(config: Config) -> ExitCode {
         Ok(server) => server,
         Err(e) => {
             eprintln!("sft: {e}");
-            return ExitCode::from(1);
+            // A certificate or key that cannot be read is the configuration's
+            // fault (exit 2, like every config error); a port in use is not.
+            return ExitCode::from(if e.is_configuration() { 2 } else { 1 });
         }
     };
     let scheme = if config.signalling.tls.is_some() { "https" } else { "http" };
@@ -138,7 +143,9 @@ async fn run(config: Config) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,str0m=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -81,13 +81,15 @@ pub enum DropReason {
     Rejected,
     /// A data channel message that is not a valid client message.
     BadMessage,
+    /// A data channel message beyond `limits.client_messages_per_second`.
+    MessageRate,
     /// The receiver has not negotiated the source's codec.
     NoCodec,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] =
-        [Self::Malformed, Self::UnknownSource, Self::Rejected, Self::BadMessage, Self::NoCodec];
+    pub const ALL: [DropReason; 6] =
+        [Self::Malformed, Self::UnknownSource, Self::Rejected, Self::BadMessage, Self::MessageRate, Self::NoCodec];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -95,6 +97,7 @@ impl DropReason {
             Self::UnknownSource => "unknown-source",
             Self::Rejected => "rejected",
             Self::BadMessage => "bad-message",
+            Self::MessageRate => "message-rate",
             Self::NoCodec => "no-codec",
         }
     }

@@ -31,6 +31,17 @@ pub enum StartError {
     Federation(#[from] crate::federation::StartError),
 }
 
+impl StartError {
+    /// Whether the configuration is at fault (a certificate or key file
+    /// that cannot be read or used), rather than the machine (a port in use).
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            Self::Bind { .. } | Self::Federation(crate::federation::StartError::Bind { .. }) => false,
+            Self::Tls(_) | Self::Federation(crate::federation::StartError::Tls(_)) => true,
+        }
+    }
+}
+
 /// A running SFT and where it listens (ports resolved when 0 was asked for).
 pub struct Server {
     pub signalling_addr: SocketAddr,

@@ -88,9 +88,25 @@ fn invalid_config_exits_2_with_one_line_naming_the_key() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8(output.stderr).unwrap().contains("media.idle_timeout"));
 
-    let output = Command::new(SFT).env("SFT_NOSUCHKEY", "1").output().unwrap();
+    let output = Command::new(SFT).env("SFT_MEDIA__NOSUCHKEY", "1").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8(output.stderr).unwrap().contains("nosuchkey"));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("media.nosuchkey") && stderr.contains("SFT_MEDIA__NOSUCHKEY"), "{stderr}");
+
+    let output = Command::new(SFT).env("SFT_LIMITS__MAX_PARTICIPANTS", "lots").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("limits.max_participants"), "{stderr}");
+
+    // A certificate that cannot be read is a configuration problem too.
+    let output = Command::new(SFT)
+        .env("SFT_SIGNALLING__TLS_CERT", "/nonexistent/cert.pem")
+        .env("SFT_SIGNALLING__TLS_KEY", "/nonexistent/key.pem")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8(output.stderr).unwrap().contains("/nonexistent/cert.pem"));
 }
 
 #[test]

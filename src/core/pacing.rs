@@ -21,6 +21,17 @@ impl Pacer {
         Self { per_second: f64::from(per_second.max(1)), burst, tokens: burst, updated: None }
     }
 
+    /// Takes one event's token at `now` if there is one: for inputs that
+    /// are dropped, not delayed, beyond the rate (a refused event costs
+    /// nothing, so a client that slows down is served again at once).
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        let wait = self.wait_for_next(now, 1);
+        if wait > Duration::ZERO {
+            self.tokens += 1.0;
+        }
+        wait == Duration::ZERO
+    }
+
     /// Counts an event worth `cost` events (at least one) at `now`; returns
     /// how long it must wait to keep to the rate (zero while the burst lasts).
     pub fn wait_for_next(&mut self, now: Instant, cost: u32) -> Duration {
@@ -45,6 +56,17 @@ mod tests {
     #[allow(clippy::disallowed_methods)] // a test needs some starting instant
     fn start() -> Instant {
         Instant::now()
+    }
+
+    #[test]
+    fn try_take_refuses_beyond_the_rate_without_running_into_debt() {
+        let now = start();
+        let mut pacer = Pacer::new(10, 2);
+        assert!(pacer.try_take(now) && pacer.try_take(now));
+        for _ in 0..100 {
+            assert!(!pacer.try_take(now), "a flood is refused");
+        }
+        assert!(pacer.try_take(now + Duration::from_millis(100)), "one token back after 100 ms, flood or not");
     }
 
     #[test]

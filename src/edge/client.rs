@@ -14,6 +14,7 @@ use str0m::Rtc;
 
 use crate::core::ids::{ConferenceKey, Layer, MediaKind, ParticipantId, SlotRef, StreamKey};
 use crate::core::messages::ServerMessage;
+use crate::core::pacing::Pacer;
 
 use super::estimate::DownlinkEstimate;
 use super::offer::OfferSummary;
@@ -93,6 +94,8 @@ pub struct Client {
     pub media_started: bool,
     /// Which downlink estimate its layers follow.
     pub downlink: DownlinkEstimate,
+    /// Data channel messages it may send (`limits.client_messages_per_second`).
+    pub messages: Pacer,
     channel: Option<ChannelId>,
     /// Messages produced before the data channel opened. Only the newest
     /// of each type matters: each one carries the whole state.
@@ -108,6 +111,11 @@ pub struct Client {
 impl Client {
     pub fn with_downlink(self, downlink: DownlinkEstimate) -> Self {
         Self { downlink, ..self }
+    }
+
+    /// At most `per_second` data channel messages a second, after a burst of twice that.
+    pub fn with_message_limit(self, per_second: u32) -> Self {
+        Self { messages: Pacer::new(per_second, per_second.saturating_mul(2)), ..self }
     }
 
     /// Wraps an `Rtc` that has accepted the offer `summary` describes.
@@ -138,6 +146,8 @@ impl Client {
             connected_at: None,
             media_started: false,
             downlink: DownlinkEstimate::new(None),
+            // Unlimited until `with_message_limit`.
+            messages: Pacer::new(u32::MAX, u32::MAX),
             channel: None,
             queued: Vec::new(),
             audio_publish: summary.audio_publish.as_deref().map(Mid::from),

@@ -250,7 +250,8 @@ impl Driver {
         let session = Session { sessid: request.sessid, userid: request.identity.userid.clone(), owner: request.owner };
         let client = Client::new(id, request.conference.clone(), number, session, rtc, &summary, now);
         self.sources.add_session(client.ufrag.clone(), id);
-        self.clients.insert(id, client.with_downlink(downlink));
+        let client = client.with_downlink(downlink).with_message_limit(self.limits.client_messages_per_second);
+        self.clients.insert(id, client);
         self.sessions.insert(session_key, id);
         if let Some(conference) = self.conferences.get_mut(&number) {
             conference.add_participant(now, id, participant_spec(request.identity, &summary));
@@ -469,6 +470,10 @@ impl Driver {
     }
 
     fn handle_client_message(&mut self, now: Instant, id: ParticipantId, data: &[u8]) {
+        if !self.clients.get_mut(&id).is_some_and(|client| client.messages.try_take(now)) {
+            self.metrics.dropped(DropReason::MessageRate);
+            return;
+        }
         let message =
             (data.len() <= MAX_CLIENT_MESSAGE).then(|| serde_json::from_slice::<ClientMessage>(data).ok()).flatten();
         let Some(message) = message else {

@@ -28,6 +28,8 @@ pub struct Str0mClient {
     pub channel_open: bool,
     /// RTP packets received (receivers) or sent (the publisher).
     pub packets: u64,
+    /// The SFT's ICE ufrag in this session (from its answer).
+    pub server_ufrag: String,
 }
 
 impl Str0mClient {
@@ -58,6 +60,7 @@ impl Str0mClient {
             .and_then(|r| r.json())
             .expect("SETUP answered");
         let sdp = answer["props"]["sdp"].as_str().unwrap_or_else(|| panic!("no answer: {answer}"));
+        let server_ufrag = sdp.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).unwrap_or_default().to_owned();
         rtc.sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(sdp).expect("answer parses"))
             .expect("answer accepted");
@@ -69,6 +72,7 @@ impl Str0mClient {
             publish: publish.then_some(mid),
             channel_open: false,
             packets: 0,
+            server_ufrag,
         }
     }
 
