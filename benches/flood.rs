@@ -77,8 +77,16 @@ fn flood(target: SocketAddr, live_ufrag: String, stop: Arc<AtomicBool>, sent: Ar
     }
 }
 
-/// One measurement: (loss, SFT CPU ns per forwarded packet, flood datagrams sent).
-fn measure(sft: &SftProcess, clients: &mut [Str0mClient], flooded: bool, frame: &mut u64) -> (f64, f64, u64) {
+/// One measurement of the call.
+struct Round {
+    loss: f64,
+    /// SFT CPU nanoseconds, in all and per forwarded packet.
+    cpu_ns: u64,
+    per_packet_ns: f64,
+    flood_sent: u64,
+}
+
+fn measure(sft: &SftProcess, clients: &mut [Str0mClient], flooded: bool, frame: &mut u64) -> Round {
     let mut buffer = vec![0u8; 2048];
     let payload = vp8_keyframe(1000);
     let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -114,7 +122,12 @@ fn measure(sft: &SftProcess, clients: &mut [Str0mClient], flooded: bool, frame: 
     let received = clients[..RECEIVERS].iter().map(|c| c.packets).sum::<u64>() - received_before;
     let expected = published * RECEIVERS as u64;
     let loss = 1.0 - received as f64 / expected as f64;
-    (loss.max(0.0), cpu as f64 / received.max(1) as f64, sent.load(Ordering::Relaxed))
+    Round {
+        loss: loss.max(0.0),
+        cpu_ns: cpu,
+        per_packet_ns: cpu as f64 / received.max(1) as f64,
+        flood_sent: sent.load(Ordering::Relaxed),
+    }
 }
 
 fn main() {
@@ -123,7 +136,9 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let sft = SftProcess::start();
+    // The receivers give no transport-cc feedback: without estimation the
+    // SFT forwards everything, so loss is the flood's doing alone.
+    let sft = SftProcess::start_with(&[("SFT_MEDIA__BANDWIDTH_ESTIMATION", "false")]);
     let http = reqwest::blocking::Client::new();
     let join = |name: &str, publish| Str0mClient::join(&http, sft.signalling, "flood", name, publish);
     let mut clients: Vec<Str0mClient> = (0..RECEIVERS).map(|i| join(&format!("r{i}"), false)).collect();
@@ -136,7 +151,10 @@ fn main() {
         "flood: 1 publisher at {PACKETS_PER_SECOND} packets/s, {RECEIVERS} receivers, {} s per round; flood {FLOOD_RATE} datagrams/s",
         MEASURE.as_secs()
     );
-    println!("{:>8}  {:>7}  {:>16}  {:>12}", "round", "loss", "SFT ns/packet", "flood sent");
+    println!(
+        "{:>5}  {:>10}  {:>10}  {:>18}  {:>18}  {:>6}  {:>14}",
+        "round", "calm loss", "flood loss", "calm ns/forwarded", "flood ns/forwarded", "ratio", "ns/flood dgram"
+    );
     let dropped = || {
         ["unknown-source", "malformed", "rejected"]
             .map(|reason| sft.metric(&format!("sft_media_dropped_total{{reason=\"{reason}\"}}")))
@@ -147,11 +165,18 @@ fn main() {
     let mut ratios = Vec::new();
     for round in 0..REPEATS {
         // Interleaved, so a noisy minute hits both.
-        let (calm_loss, calm_cpu, _) = measure(&sft, &mut clients, false, &mut frame);
-        let (flood_loss, flood_cpu, sent) = measure(&sft, &mut clients, true, &mut frame);
-        println!("{:>8}  {:>6.2}%  {calm_cpu:>16.0}  {:>12}", format!("{round} calm"), calm_loss * 100.0, 0);
-        println!("{:>8}  {:>6.2}%  {flood_cpu:>16.0}  {sent:>12}", format!("{round} flood"), flood_loss * 100.0);
-        ratios.push(flood_cpu / calm_cpu);
+        let calm = measure(&sft, &mut clients, false, &mut frame);
+        let flood = measure(&sft, &mut clients, true, &mut frame);
+        let ratio = flood.per_packet_ns / calm.per_packet_ns;
+        let per_datagram = flood.cpu_ns.saturating_sub(calm.cpu_ns) as f64 / flood.flood_sent.max(1) as f64;
+        println!(
+            "{round:>5}  {:>9.2}%  {:>9.2}%  {:>18.0}  {:>18.0}  {ratio:>6.2}  {per_datagram:>14.0}",
+            calm.loss * 100.0,
+            flood.loss * 100.0,
+            calm.per_packet_ns,
+            flood.per_packet_ns
+        );
+        ratios.push(ratio);
     }
     let dropped = dropped() - dropped_before;
     ratios.sort_by(f64::total_cmp);

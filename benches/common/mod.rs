@@ -28,6 +28,11 @@ pub struct SftProcess {
 
 impl SftProcess {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra `SFT_*` variables.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
         let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let (signalling, metrics) = (free(), free());
         let media = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -35,6 +40,7 @@ impl SftProcess {
             .env("SFT_SIGNALLING__LISTEN", signalling.to_string())
             .env("SFT_METRICS__LISTEN", metrics.to_string())
             .env("SFT_MEDIA__LISTEN", media.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
