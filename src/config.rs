@@ -84,6 +84,7 @@ struct RawFederation {
     allow: Vec<String>,
     peers: BTreeMap<String, String>,
     dns: Option<String>,
+    dns_timeout: f64,
     via_federator: Option<String>,
     relay_secret: Option<String>,
     link_timeout: f64,
@@ -123,6 +124,8 @@ pub struct FederationConfig {
     /// Static `domain -> host:port` of control planes; wins over DNS.
     pub peers: BTreeMap<String, String>,
     pub dns: Option<SocketAddr>,
+    /// How long one DNS look-up (the SRV record, then each target) may take.
+    pub dns_timeout: Duration,
     pub via_federator: Option<String>,
     /// Keys relay tokens instead of the private key, so that every replica
     /// of the domain (whatever its key) accepts the others' tokens.
@@ -159,9 +162,9 @@ pub struct Limits {
     /// Data channel messages a second one client may send (after a burst
     /// of twice that); more are dropped and counted.
     pub client_messages_per_second: u32,
-    /// Hold loopback sources to the per-source limits too (by default a
-    /// reverse proxy on this host is not taken for one client).
-    pub limit_loopback: bool,
+    /// Spare loopback callers the per-source limits (a reverse proxy on
+    /// this host speaks for every client).
+    pub exempt_loopback: bool,
 }
 
 /// The checked configuration the server runs on.
@@ -180,8 +183,9 @@ pub struct Config {
     pub federation: Option<FederationConfig>,
     /// Where this configuration came from, to read it again on reload.
     source: Source,
-    /// `SFT_*` variables that were not configuration, with why.
-    ignored_variables: Vec<String>,
+    /// What was accepted but looks like a mistake, one line each (for
+    /// warnings once logging is up).
+    warnings: Vec<String>,
 }
 
 /// The file and the `SFT_*` environment variables a configuration was read from.
@@ -254,14 +258,14 @@ impl Config {
         })?;
         let mut config = raw.check()?;
         config.source = Source { file: file.map(Path::to_owned), env };
-        config.ignored_variables = ignored;
+        config.warnings.extend(ignored.into_iter().map(|why| format!("ignoring environment variable {why}")));
         Ok(config)
     }
 
-    /// `SFT_*` environment variables that were not taken as configuration,
-    /// each with why (for a warning once logging is up).
-    pub fn ignored_variables(&self) -> &[String] {
-        &self.ignored_variables
+    /// What was accepted but looks like a mistake (an ignored `SFT_*`
+    /// variable, an allow list that the strategy ignores), one line each.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The same file and environment read again: what a reload applies.
@@ -463,6 +467,13 @@ impl RawConfig {
                 why: "must be between 1 and 3600 seconds".into(),
             });
         }
+        let mut warnings = Vec::new();
+        if self.federation.enabled && self.federation.strategy != "allowList" && !self.federation.allow.is_empty() {
+            warnings.push(format!(
+                "federation.allow is ignored under strategy = {:?}; use strategy = \"allowList\"",
+                self.federation.strategy
+            ));
+        }
         let federation = self.federation.check()?;
         Ok(Config {
             domain: self.domain,
@@ -485,7 +496,7 @@ impl RawConfig {
             admin_token: self.metrics.admin_token.filter(|token| !token.is_empty()),
             federation,
             source: Source::default(),
-            ignored_variables: Vec::new(),
+            warnings,
         })
     }
 }
@@ -521,6 +532,12 @@ impl RawFederation {
             Some(raw) => Some(socket_addr("federation.dns", raw)?),
             None => None,
         };
+        if !(self.dns_timeout.is_finite() && self.dns_timeout > 0.0 && self.dns_timeout <= 60.0) {
+            return Err(ConfigError::Invalid {
+                key: "federation.dns_timeout",
+                why: "must be more than 0 and at most 60 seconds".into(),
+            });
+        }
         if let Some(url) = &self.via_federator {
             if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(ConfigError::Invalid {
@@ -553,6 +570,14 @@ impl RawFederation {
                 why: "must be between 10 and 100000 messages a second".into(),
             });
         }
+        let relay_listen = socket_addr("federation.relay_listen", &self.relay_listen)?;
+        if relay_listen.ip().is_unspecified() && self.relay_public.is_none() {
+            // `join` answers would send peers to the wildcard address.
+            return Err(ConfigError::Invalid {
+                key: "federation.relay_public",
+                why: format!("required when federation.relay_listen is the wildcard address {relay_listen}"),
+            });
+        }
         let relay = match self.relay.as_str() {
             "all" => RelayMode::All,
             "demand" => RelayMode::Demand,
@@ -565,7 +590,7 @@ impl RawFederation {
         };
         Ok(Some(FederationConfig {
             listen: socket_addr("federation.listen", &self.listen)?,
-            relay_listen: socket_addr("federation.relay_listen", &self.relay_listen)?,
+            relay_listen,
             relay_public: self.relay_public,
             cert: required("federation.cert", self.cert)?,
             key: required("federation.key", self.key)?,
@@ -573,6 +598,7 @@ impl RawFederation {
             strategy,
             peers: self.peers,
             dns,
+            dns_timeout: Duration::from_secs_f64(self.dns_timeout),
             via_federator: self.via_federator.map(|u| u.trim_end_matches('/').to_owned()),
             relay_secret: self.relay_secret,
             link_timeout: Duration::from_secs_f64(self.link_timeout),
@@ -658,11 +684,18 @@ mod tests {
                 "federation.strategy",
             ),
             ("[federation]\nenabled = true\ncert = \"c\"\nkey = \"k\"\ndns = \"x\"\n", "federation.dns"),
+            (
+                "[federation]\nenabled = true\ncert = \"c\"\nkey = \"k\"\nrelay_listen = \"0.0.0.0:8443\"\n",
+                "federation.relay_public",
+            ),
         ] {
             let err = load_str(toml, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}");
         }
         assert!(!Strategy::AllowNone.allows("a") && Strategy::AllowAll.allows("a"));
+        let ignored_list = "[federation]\nenabled = true\ncert = \"c\"\nkey = \"k\"\nstrategy = \"allowNone\"\nallow = [\"b.example\"]\n";
+        let warnings = load_str(ignored_list, &[]).unwrap().warnings().to_vec();
+        assert!(warnings.len() == 1 && warnings[0].contains("federation.allow is ignored"), "{warnings:?}");
     }
 
     #[test]
@@ -673,7 +706,7 @@ mod tests {
         let env = [("SFT_SFT_MEDIA_SERVICE_HOST", "10.0.0.1"), ("SFT_MEDIA_LISTEN", "x"), ("SFT_DOMAIN", "b.example")];
         let config = load_str("", &env).unwrap();
         assert_eq!(config.domain, "b.example");
-        let ignored = config.ignored_variables();
+        let ignored = config.warnings();
         assert_eq!(ignored.len(), 2, "{ignored:?}");
         assert!(ignored[1].contains("did you mean SFT_MEDIA__LISTEN"), "{ignored:?}");
         // A misspelt key in a config-shaped variable is still an error.

@@ -50,6 +50,9 @@ enum CertsCommand {
         /// Sign with the CA in this directory (ca.pem, ca.key) instead of a new one.
         #[arg(long, value_name = "DIR")]
         ca: Option<PathBuf>,
+        /// Replace a CA already in DIR (certificates it signed stop being trusted).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -61,12 +64,10 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Certs { command: CertsCommand::Dev { domain, out, ca } }) = &cli.command {
-        return match sft::certs::dev(domain, out, ca.as_deref()) {
+    if let Some(Command::Certs { command: CertsCommand::Dev { domain, out, ca, force } }) = &cli.command {
+        return match sft::certs::dev(domain, out, ca.as_deref(), *force) {
             Ok(written) => {
-                println!("federation.cert = {:?}", written.cert);
-                println!("federation.key = {:?}", written.key);
-                println!("federation.ca = {:?}", written.ca_cert);
+                print!("{}", written.federation_toml());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -83,8 +84,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for ignored in config.ignored_variables() {
-        tracing::warn!("ignoring environment variable {ignored}");
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
     }
     if let Some(ip) = cli.public_ip {
         config.set_public_ip(ip);
@@ -110,8 +111,22 @@ async fn run(config: Config) -> ExitCode {
         media = %server.media_addr,
         metrics = %server.metrics_addr,
         domain = %config.domain,
+        advertised_media = %config.media.public_addr,
         "sft running"
     );
+    match (&config.federation, &server.federation) {
+        (Some(federation), Some(listening)) => {
+            let relay = federation.relay_public.clone().unwrap_or_else(|| listening.relay.to_string());
+            tracing::info!(
+                strategy = ?federation.strategy,
+                control = %listening.control,
+                advertised_relay = %relay,
+                "federation on: anchors the calls {}'s users start, joins other domains' calls as a federated SFT",
+                config.domain
+            );
+        }
+        _ => tracing::info!("federation off: calls stay on this SFT"),
+    }
     let mut hangup =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler installs");
     let reloader = server.reloader.clone();

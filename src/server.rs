@@ -101,7 +101,7 @@ impl Server {
                 config.limits.signalling_rate,
                 config.limits.signalling_burst,
             )),
-            limit_loopback: config.limits.limit_loopback,
+            exempt_loopback: config.limits.exempt_loopback,
         });
         let federation_handle = federation;
         let signalling_router = signalling::router(signalling_state);

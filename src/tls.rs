@@ -15,6 +15,9 @@ pub enum TlsError {
     Pem { what: &'static str, path: PathBuf, why: String },
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
+    /// Peers check the certificate's names against the domain it speaks for.
+    #[error("the federation certificate is for {names:?}, not for this SFT's domain {domain}")]
+    NotForDomain { domain: String, names: Vec<String> },
     #[error("the certificate and key do not make a TLS server: {0}")]
     Config(#[from] rustls::Error),
 }

@@ -72,7 +72,7 @@ async fn a_peer_that_lies_and_floods_is_dropped_capped_throttled_and_counted() {
     let control = ControlClient {
         own_domain: "b.example".into(),
         tls: trust.client_config(&[b"http/1.1"]).unwrap(),
-        discovery: Arc::new(Discovery::new(peers, None)),
+        discovery: Arc::new(Discovery::new(peers, None, Duration::from_secs(3))),
         via_federator: None,
     };
     let answer = control.join("a.example", "victim", "b.example").await.unwrap();

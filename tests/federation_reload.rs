@@ -89,7 +89,7 @@ async fn a_certificate_rotated_by_sighup_serves_new_connections_while_the_call_g
     // A new certificate and key at the same paths, then SIGHUP.
     let before = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    sft::certs::dev("a.example", &certs.dir.join("a.example"), Some(&certs.dir.join("ca"))).unwrap();
+    sft::certs::dev("a.example", &certs.dir.join("a.example"), Some(&certs.dir.join("ca")), false).unwrap();
     let new = a_certificate(&certs);
     assert_ne!(new, old);
     a.hangup();

@@ -1,8 +1,7 @@
 //! Quotas on signalling (issue 13): per-source rate limits on SETUP and
 //! DELETE, caps on sessions that never connect, sessions per token, and
 //! DELETE only by the session's own user when tokens are on. Sources are
-//! told apart by binding clients to different loopback addresses, with
-//! `limits.limit_loopback` set so loopback counts.
+//! told apart by binding clients to different loopback addresses.
 #![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
 mod common;
@@ -58,7 +57,7 @@ async fn delete(http: &reqwest::Client, sft: &TestSft, path: &str, auth: Option<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_and_delete_are_rate_limited_per_source_address() {
-    let sft = TestSft::start("[limits]\nlimit_loopback = true\nsignalling_rate = 1\nsignalling_burst = 3\n").await;
+    let sft = TestSft::start("[limits]\nsignalling_rate = 1\nsignalling_burst = 3\n").await;
     let (two, three) = (client_from(2), client_from(3));
     let junk = serde_json::json!({"type": "SETUP"});
     for _ in 0..3 {
@@ -81,7 +80,7 @@ async fn setup_and_delete_are_rate_limited_per_source_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_that_never_connect_are_capped_per_source_and_in_all_and_expire() {
     let config = "[media]\nidle_timeout = 2\n\
-                  [limits]\nlimit_loopback = true\nmax_pending_sessions_per_source = 2\nmax_pending_sessions = 4\n";
+                  [limits]\nmax_pending_sessions_per_source = 2\nmax_pending_sessions = 4\n";
     let sft = TestSft::start(config).await;
     let offer = ghost_offer().await;
     let ghost = |n: usize| setup_body(&format!("ghost-session-{n}"), &format!("ghost{n}"), &offer);

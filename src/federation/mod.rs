@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::Instant;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::config::FederationConfig;
 use crate::core::ids::LinkId;
+use crate::core::link::{GiveUpReason, LinkAction, LinkMachine, FIRST_DIAL_TIMEOUT};
 use crate::drain::Drain;
 use crate::edge::EdgeHandle;
 use crate::http::Guard;
@@ -34,17 +35,6 @@ use credentials::{Credentials, SharedCredentials};
 use discovery::Discovery;
 use framing::Control;
 pub use trust::Rejection;
-
-const FIRST_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// A redial gives up after this and starts afresh: a handshake begun while
-/// the path was down would otherwise wait out QUIC's growing Initial
-/// retransmission timer (1 s, 2 s, ...) long after the path is back. Each
-/// attempt is one Initial, so short attempts cost an unreachable peer little.
-const REDIAL_ATTEMPT: Duration = Duration::from_millis(750);
-const BACKOFF_START: Duration = Duration::from_millis(100);
-/// With `REDIAL_ATTEMPT`, bounds the time from the path's return to a new
-/// connection at about a second.
-const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Error)]
 pub enum FederationError {
@@ -94,6 +84,7 @@ impl Federation {
         guard: Guard,
     ) -> Result<(Arc<Self>, Listening), StartError> {
         let credentials = Credentials::load(domain, config, None)?;
+        credentials.warn_if_expiring();
         metrics.federation_certificate_expiry(credentials.expires_at);
         let endpoint = relay::endpoint(&credentials.trust, config.relay_listen)?;
         let relay_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
@@ -143,6 +134,7 @@ impl Federation {
         relay::reconfigure(&self.endpoint, &fresh.trust)?;
         *self.control.write().expect("control client lock") = Arc::new(control_client(&self.domain, config, &fresh));
         self.metrics.federation_certificate_expiry(fresh.expires_at);
+        fresh.warn_if_expiring();
         let strategy = fresh.trust.strategy.clone();
         self.credentials.replace(fresh);
         let connections = self.connections.lock().expect("links lock");
@@ -216,8 +208,10 @@ impl Federation {
         }
     }
 
-    /// Dials the anchor's relay and redials with backoff whenever it drops.
-    /// A first dial that fails gives up (the SETUP that asked gets 502).
+    /// Dials the anchor's relay and redials with backoff whenever it drops,
+    /// as [`LinkMachine`] decides. A first dial that fails gives up (the
+    /// SETUP that asked gets 502).
+    #[allow(clippy::disallowed_methods)] // the shell reads the clock for the machine
     async fn keep_link(
         self: Arc<Self>,
         link: LinkId,
@@ -226,43 +220,57 @@ impl Federation {
         first: oneshot::Sender<Result<(), String>>,
     ) {
         let mut first = Some(first);
-        let mut backoff = BACKOFF_START;
+        let mut machine = LinkMachine::new();
         loop {
-            if !self.allows(&domain) {
-                // A reload took the domain off the allow list: its
-                // conferences lose the link, and a later SETUP dials anew.
-                tracing::info!(peer = %domain, "not redialling: the domain is no longer allowed");
-                self.metrics.link_state(&domain, "down");
-                self.outbound.lock().expect("links lock").remove(&domain);
-                return;
-            }
-            self.metrics.link_state(&domain, "connecting");
-            let attempt = if first.is_some() { FIRST_DIAL_TIMEOUT } else { REDIAL_ATTEMPT };
-            let credentials = self.credentials.current();
-            let dialled =
-                tokio::time::timeout(attempt, relay::dial(&self.endpoint, &credentials.trust, &domain, &relay))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("relay {relay}: no answer within {attempt:?}")));
-            drop(credentials);
-            match dialled {
-                Ok((connection, send, recv)) => {
-                    if let Some(first) = first.take() {
-                        let _ = first.send(Ok(()));
+            match machine.poll_action() {
+                Some(LinkAction::Dial { timeout }) => {
+                    self.metrics.link_state(&domain, "connecting");
+                    let credentials = self.credentials.current();
+                    let dialled =
+                        tokio::time::timeout(timeout, relay::dial(&self.endpoint, &credentials.trust, &domain, &relay))
+                            .await
+                            .unwrap_or_else(|_| Err(format!("relay {relay}: no answer within {timeout:?}")));
+                    drop(credentials);
+                    match dialled {
+                        Ok((connection, send, recv)) => {
+                            machine.handle_dialled(Instant::now(), Ok(()));
+                            if let Some(first) = first.take() {
+                                let _ = first.send(Ok(()));
+                            }
+                            relay::run_link(self.clone(), link, domain.clone(), connection, send, recv, false).await;
+                            machine.handle_closed(Instant::now());
+                        }
+                        Err(why) => {
+                            if first.is_none() {
+                                let failures = machine.failures() + 1;
+                                tracing::info!(peer = %domain, failures, "relay redial failed: {why}");
+                            }
+                            machine.handle_dialled(Instant::now(), Err(why));
+                        }
                     }
-                    backoff = BACKOFF_START;
-                    relay::run_link(self.clone(), link, domain.clone(), connection, send, recv, false).await;
                 }
-                Err(why) => {
-                    if let Some(first) = first.take() {
-                        self.metrics.link_state(&domain, "down");
-                        let _ = first.send(Err(why));
-                        return;
+                Some(LinkAction::GiveUp(reason)) => {
+                    self.metrics.link_state(&domain, "down");
+                    match reason {
+                        GiveUpReason::FirstDialFailed(why) => {
+                            if let Some(first) = first.take() {
+                                let _ = first.send(Err(why));
+                            }
+                        }
+                        GiveUpReason::Disallowed => {
+                            // Its conferences lose the link; a later SETUP dials anew.
+                            tracing::info!(peer = %domain, "not redialling: the domain is no longer allowed");
+                            self.outbound.lock().expect("links lock").remove(&domain);
+                        }
                     }
-                    tracing::info!(peer = %domain, "relay redial failed: {why}");
+                    return;
+                }
+                None => {
+                    let Some(at) = machine.poll_timeout() else { return };
+                    tokio::time::sleep_until(at.into()).await;
+                    machine.handle_timeout(Instant::now(), self.allows(&domain));
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -332,7 +340,7 @@ fn control_client(domain: &str, config: &FederationConfig, credentials: &Credent
     ControlClient {
         own_domain: domain.to_owned(),
         tls: credentials.control_client.clone(),
-        discovery: Arc::new(Discovery::new(config.peers.clone(), config.dns)),
+        discovery: Arc::new(Discovery::new(config.peers.clone(), config.dns, config.dns_timeout)),
         via_federator: config.via_federator.clone(),
     }
 }

@@ -45,17 +45,17 @@ pub struct Signalling {
     pub federation: Option<Arc<Federation>>,
     /// SETUP and DELETE requests per source address.
     pub rate_limit: Mutex<RateLimiter>,
-    /// Whether loopback sources are held to the per-source limits too.
-    pub limit_loopback: bool,
+    /// Whether loopback sources are spared the per-source limits.
+    pub exempt_loopback: bool,
 }
 
 impl Signalling {
     /// Who `peer` counts as for the per-source limits: `None` (no limits)
-    /// on loopback, a reverse proxy on this host that speaks for everyone,
-    /// unless `limits.limit_loopback` is set.
+    /// for a loopback caller with `limits.exempt_loopback` (a reverse proxy
+    /// on this host that speaks for everyone).
     fn source_of(&self, peer: SocketAddr) -> Option<IpAddr> {
         let source = rate_limit::source_key(peer.ip());
-        (self.limit_loopback || !source.is_loopback()).then_some(source)
+        (!self.exempt_loopback || !source.is_loopback()).then_some(source)
     }
 
     /// Takes one of `peer`'s requests from its source's bucket.

@@ -13,9 +13,9 @@ impl Certs {
     pub fn new(domains: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("sft-fed-{}-{}", std::process::id(), rand::random::<u32>()));
         let ca = dir.join("ca");
-        sft::certs::dev("ca.invalid", &ca, None).unwrap();
+        sft::certs::dev("ca.invalid", &ca, None, false).unwrap();
         for domain in domains {
-            sft::certs::dev(domain, &dir.join(domain), Some(&ca)).unwrap();
+            sft::certs::dev(domain, &dir.join(domain), Some(&ca), false).unwrap();
         }
         Self { dir }
     }
