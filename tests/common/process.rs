@@ -33,6 +33,24 @@ impl SftProcess {
         process
     }
 
+    /// Starts `sft --config <file>` in `dir`, as an operator would: no
+    /// environment overrides, every address as the file says.
+    pub async fn start_from_file(file: &Path, dir: &Path) -> Self {
+        let config = sft::config::Config::load(Some(file), []).expect("the config file is valid");
+        let child = Command::new(env!("CARGO_BIN_EXE_sft"))
+            .arg("--config")
+            .arg(file)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the sft binary starts");
+        let (signalling, metrics, media) = (config.signalling.listen, config.metrics_listen, config.media.listen);
+        let process = Self { child, signalling, metrics, media, config: file.to_owned() };
+        process.wait_until_ready().await;
+        process
+    }
+
     /// SIGKILL: no drain, no goodbye, as a crashed or unplugged machine.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
