@@ -28,7 +28,7 @@ pub struct Admin {
 
 pub fn router(state: Arc<Admin>) -> Router {
     let admin = Router::new()
-        .route("/admin/drain", post(drain))
+        .route("/admin/drain", post(drain).delete(cancel_drain))
         .route("/admin/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -91,6 +91,16 @@ async fn drain(State(state): State<Arc<Admin>>) -> impl IntoResponse {
     state.drain.start();
     state.metrics.draining.set(1);
     (StatusCode::ACCEPTED, "draining\n")
+}
+
+/// Cancels a drain: the SFT takes new sessions again, `/readyz` turns 200.
+async fn cancel_drain(State(state): State<Arc<Admin>>) -> impl IntoResponse {
+    if !state.drain.is_draining() {
+        return (StatusCode::CONFLICT, "not draining\n");
+    }
+    state.drain.cancel();
+    state.metrics.draining.set(0);
+    (StatusCode::OK, "drain cancelled\n")
 }
 
 async fn reload(State(state): State<Arc<Admin>>) -> impl IntoResponse {

@@ -35,6 +35,7 @@ pub enum ConfigError {
 struct RawConfig {
     domain: String,
     drain_timeout: u64,
+    drain_grace: u64,
     signalling: RawSignalling,
     media: RawMedia,
     limits: Limits,
@@ -172,6 +173,8 @@ pub struct Limits {
 pub struct Config {
     pub domain: String,
     pub drain_timeout: Duration,
+    /// The least a drain lasts, calls or not.
+    pub drain_grace: Duration,
     pub signalling: SignallingConfig,
     pub media: MediaConfig,
     pub limits: Limits,
@@ -294,7 +297,7 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 }
 
 /// Top-level keys, the only ones set by a variable without `__`.
-const TOP_LEVEL_KEYS: [&str; 2] = ["domain", "drain_timeout"];
+const TOP_LEVEL_KEYS: [&str; 3] = ["domain", "drain_timeout", "drain_grace"];
 
 /// The configuration variables among `env`: `SFT_<SECTION>__<KEY>` (any
 /// depth) and `SFT_<TOP_LEVEL_KEY>`. Other `SFT_*` variables (Kubernetes
@@ -383,6 +386,9 @@ impl RawConfig {
     fn check(self) -> Result<Config, ConfigError> {
         if self.domain.is_empty() || self.domain.contains(|c: char| c.is_whitespace() || c == '/') {
             return Err(ConfigError::Invalid { key: "domain", why: format!("{:?} is not a domain name", self.domain) });
+        }
+        if self.drain_grace > 3600 {
+            return Err(ConfigError::Invalid { key: "drain_grace", why: "must be at most 3600 seconds".into() });
         }
         let media_listen = socket_addr("media.listen", &self.media.listen)?;
         let public_addr = match &self.media.public_ip {
@@ -478,6 +484,7 @@ impl RawConfig {
         Ok(Config {
             domain: self.domain,
             drain_timeout: Duration::from_secs(self.drain_timeout),
+            drain_grace: Duration::from_secs(self.drain_grace),
             signalling: SignallingConfig {
                 listen: socket_addr("signalling.listen", &self.signalling.listen)?,
                 allow_origin,

@@ -1,5 +1,6 @@
 //! Draining: once started (SIGTERM or `POST /admin/drain`), no new sessions;
-//! the process exits when the last call ends or `drain_timeout` passes.
+//! the process exits when the last call ends (but not before `drain_grace`)
+//! or `drain_timeout` passes, unless `DELETE /admin/drain` cancels it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -19,6 +20,13 @@ impl Drain {
         self.started.notify_waiters();
         // A waiter that registers after this call still sees the flag.
         self.started.notify_one();
+    }
+
+    /// Takes new sessions again.
+    pub fn cancel(&self) {
+        if self.draining.swap(false, Ordering::SeqCst) {
+            tracing::info!("drain cancelled: taking new sessions again");
+        }
     }
 
     pub fn is_draining(&self) -> bool {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sft::config::Config;
-use sft::server::Server;
+use sft::server::{DrainOutcome, Server};
 
 /// Exit status when the media thread died: EX_SOFTWARE, an internal error.
 const EXIT_MEDIA_STOPPED: u8 = 70;
@@ -139,20 +139,25 @@ async fn run(config: Config) -> ExitCode {
     });
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
-        _ = server.drain.started() => tracing::info!("drain requested"),
-        _ = server.media_stopped() => {
-            tracing::error!("the media thread stopped; exiting so that a supervisor restarts the SFT");
-            return ExitCode::from(EXIT_MEDIA_STOPPED);
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+            _ = server.drain.started() => tracing::info!("drain requested"),
+            _ = server.media_stopped() => {
+                tracing::error!("the media thread stopped; exiting so that a supervisor restarts the SFT");
+                return ExitCode::from(EXIT_MEDIA_STOPPED);
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted; exiting without draining");
+                return ExitCode::SUCCESS;
+            }
         }
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; exiting without draining");
-            return ExitCode::SUCCESS;
+        match server.drain_and_wait(config.drain_timeout, config.drain_grace).await {
+            // `DELETE /admin/drain`: back to serving.
+            DrainOutcome::Cancelled => continue,
+            DrainOutcome::Drained | DrainOutcome::TimedOut => return ExitCode::SUCCESS,
         }
     }
-    server.drain_and_wait(config.drain_timeout).await;
-    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat) {

@@ -42,6 +42,17 @@ impl StartError {
     }
 }
 
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every call ended.
+    Drained,
+    /// `drain_timeout` passed with calls still running.
+    TimedOut,
+    /// `DELETE /admin/drain`: the SFT takes new sessions again.
+    Cancelled,
+}
+
 /// A running SFT and where it listens (ports resolved when 0 was asked for).
 pub struct Server {
     pub signalling_addr: SocketAddr,
@@ -145,23 +156,29 @@ impl Server {
         self.edge.stopped().await;
     }
 
-    /// Starts draining and waits until every session has ended or `timeout`
-    /// passed. Returns whether it drained completely.
-    pub async fn drain_and_wait(&self, timeout: Duration) -> bool {
+    /// Starts draining and waits until every session has ended (and at
+    /// least `grace` passed), `timeout` passed, or the drain was cancelled.
+    pub async fn drain_and_wait(&self, timeout: Duration, grace: Duration) -> DrainOutcome {
         self.drain.start();
         self.metrics.draining.set(1);
         self.edge.drain().await;
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         loop {
+            if !self.drain.is_draining() {
+                self.metrics.draining.set(0);
+                self.edge.resume().await;
+                return DrainOutcome::Cancelled;
+            }
             // Calls here include those this SFT anchors for other SFTs' clients only.
-            let Some(stats) = self.edge.stats().await else { return true };
+            let Some(stats) = self.edge.stats().await else { return DrainOutcome::Drained };
             let (participants, remote) = (stats.participants, stats.remote_participants);
-            if participants == 0 && remote == 0 {
-                return true;
+            if participants == 0 && remote == 0 && started.elapsed() >= grace {
+                return DrainOutcome::Drained;
             }
             if Instant::now() >= deadline {
                 tracing::warn!(participants, remote, "drain timeout passed; exiting with calls still running");
-                return false;
+                return DrainOutcome::TimedOut;
             }
             tokio::time::sleep(Duration::from_millis(200).min(deadline - Instant::now())).await;
         }

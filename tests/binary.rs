@@ -40,12 +40,21 @@ fn spawn_sft() -> Running {
 }
 
 fn spawn_sft_with(args: &[&str]) -> Running {
+    spawn_sft_configured(args, &[])
+}
+
+fn spawn_sft_with_env(env: &[(&str, &str)]) -> Running {
+    spawn_sft_configured(&[], env)
+}
+
+fn spawn_sft_configured(args: &[&str], env: &[(&str, &str)]) -> Running {
     let signalling: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let mut child = Command::new(SFT)
         .env("SFT_SIGNALLING__LISTEN", format!("\"{signalling}\""))
         .env("SFT_METRICS__LISTEN", format!("\"{metrics}\""))
         .env("SFT_MEDIA__LISTEN", format!("\"127.0.0.1:{}\"", free_udp_port()))
+        .envs(env.iter().copied())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -155,6 +164,27 @@ async fn drain_refuses_new_sessions_and_exits_when_the_last_call_ends() {
     let left = http.delete(format!("{base}/sft/drained/{}", peer.sessid)).send().await.unwrap();
     assert_eq!(left.status(), 204);
     assert_eq!(wait_exit(&mut sft.child, Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_drain_stays_unready_for_its_grace_and_can_be_cancelled() {
+    let mut sft = spawn_sft_with_env(&[("SFT_DRAIN_GRACE", "2")]);
+    let http = reqwest::Client::new();
+    let (drain, ready) = (format!("http://{}/admin/drain", sft.metrics), format!("http://{}/readyz", sft.metrics));
+    // Cancelled: ready again, and it stays up.
+    assert!(http.post(&drain).send().await.unwrap().status().is_success());
+    assert_eq!(http.get(&ready).send().await.unwrap().status(), 503);
+    assert_eq!(http.delete(&drain).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(&ready).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(sft.child.try_wait().unwrap().is_none(), "a cancelled drain does not exit");
+    assert_eq!(http.delete(&drain).send().await.unwrap().status(), 409, "nothing to cancel");
+    // Not cancelled: unready at once, but alive through the grace although idle.
+    let started = Instant::now();
+    assert!(http.post(&drain).send().await.unwrap().status().is_success());
+    assert_eq!(http.get(&ready).send().await.unwrap().status(), 503);
+    assert_eq!(wait_exit(&mut sft.child, Duration::from_secs(10)), Some(0));
+    assert!(started.elapsed() >= Duration::from_millis(1900), "exited after {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

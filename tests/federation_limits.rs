@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::fed::{on, peers_table, rejected, Certs};
 use common::{wait_for, Peer, PeerOptions, TestSft, Video};
+use sft::server::DrainOutcome;
 
 fn listener(domain: &str, conf: &str, user: &str, marker: u8) -> PeerOptions {
     PeerOptions { video: Video::None, video_slots: 0, audio_slots: 4, ..on(domain, conf, user, marker) }
@@ -57,7 +58,8 @@ async fn a_draining_anchor_waits_for_other_sfts_clients_and_takes_no_new_ones() 
     wait_for("a1 to leave", || b1.participants() == vec!["b1".to_string(), "b2".to_string()]).await;
 
     // Draining does not end while the call it anchors goes on.
-    assert!(!a.server.drain_and_wait(Duration::from_millis(500)).await, "the drain waits for b's call");
+    let outcome = a.server.drain_and_wait(Duration::from_millis(500), Duration::ZERO).await;
+    assert_eq!(outcome, DrainOutcome::TimedOut, "the drain waits for b's call");
     let heard = b1.heard(3);
     wait_for("b's call to go on", || b1.heard(3) > heard + 10).await;
     // No new federated conference: b's SETUP for one gets 503, and so does a's own.
@@ -69,5 +71,6 @@ async fn a_draining_anchor_waits_for_other_sfts_clients_and_takes_no_new_ones() 
     // Once b's clients leave, the drain completes.
     b1.close().await;
     b2.close().await;
-    assert!(a.server.drain_and_wait(common::TIMEOUT).await, "the drain ends with the call");
+    let outcome = a.server.drain_and_wait(common::TIMEOUT, Duration::ZERO).await;
+    assert_eq!(outcome, DrainOutcome::Drained, "the drain ends with the call");
 }

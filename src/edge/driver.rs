@@ -200,6 +200,7 @@ impl Driver {
                 });
             }
             Command::Drain => self.draining = true,
+            Command::Resume => self.draining = false,
             #[cfg(test)]
             Command::InjectPanic => panic!("fault injected into the media thread"),
             Command::LinkUp { link, peer_domain, connection, control } => {

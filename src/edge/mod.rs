@@ -99,6 +99,8 @@ enum Command {
     },
     /// The SFT drains: relay attaches may no longer start conferences.
     Drain,
+    /// The drain was cancelled.
+    Resume,
     /// Tests of supervision: the media thread panics.
     #[cfg(test)]
     InjectPanic,
@@ -187,6 +189,11 @@ impl EdgeHandle {
     /// Resolves once the media thread has stopped.
     pub async fn stopped(&self) {
         self.commands.closed().await;
+    }
+
+    /// Relay attaches may start conferences again (a drain was cancelled).
+    pub async fn resume(&self) {
+        let _ = self.commands.send(Command::Resume).await;
     }
 
     pub async fn stats(&self) -> Option<EdgeStats> {
