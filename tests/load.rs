@@ -1,5 +1,6 @@
 //! `sft-load` as an operator runs it: a separate process driving SFTs on
 //! loopback, its JSON report checked.
+#![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
 mod common;
 
@@ -162,4 +163,29 @@ async fn impaired_receivers_get_less_and_the_report_shows_their_layers_each_seco
         assert_eq!(peer["lost"], 0, "{peer:#}");
     }
     assert!(seconds(impaired).iter().all(|s| !s.contains('h')), "{impaired:#}");
+}
+
+/// An SFT killed mid-run loses no packet by sequence numbers, but its
+/// peers fall silent: `sft-load` says so and exits 1, with plain progress
+/// lines on a stderr that is not a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sft_that_dies_mid_run_fails_the_run() {
+    let _one = common::one_big_call_at_a_time().await;
+    let mut sft = common::process::SftProcess::start("", "127.0.0.1").await;
+    let args = ["--sft", &sft.url(""), "--participants", "3", "--video-kbps", "200", "--duration", "6"];
+    let run = tokio::process::Command::new(SFT_LOAD).args(args).output();
+    let run = tokio::spawn(run);
+    // Killed two seconds into the call.
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while sft.metric("sft_participants{role=\"local\"}").await < 3.0 {
+        assert!(std::time::Instant::now() < deadline, "the peers never joined");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    sft.kill();
+    let output = run.await.unwrap().expect("sft-load runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did the SFT stop"), "{stderr}");
+    assert!(stderr.contains(" s measured, joined 3/3") && !stderr.contains('\r'), "plain lines: {stderr}");
 }

@@ -3,12 +3,13 @@
 //! the SFT's CPU and memory. See `docs/performance.md`.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use sft::load::impair::Impairment;
+use sft::load::report::verdict;
 use sft::load::run::{self, LoadPlan, Progress};
 use sft::load::usage::Probe;
 
@@ -67,6 +68,10 @@ struct Args {
     /// Print the report as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
+    /// Exit 1 when peers whose network is not impaired lose more than this
+    /// share (percent) of their packets.
+    #[arg(long, default_value_t = 1.0)]
+    max_loss: f64,
 }
 
 fn seconds(value: f64, name: &str) -> Result<Duration, String> {
@@ -97,6 +102,23 @@ fn plan(args: &Args) -> Result<LoadPlan, String> {
         impairment: impairment(args),
         impaired: args.impaired.unwrap_or(args.participants),
     })
+}
+
+/// A plain line a second, for logs and CI where stderr is not a terminal.
+fn progress_line(progress: &Progress, last_second: &mut Option<u64>) {
+    let second = progress.measured.as_secs();
+    if *last_second == Some(second) {
+        return;
+    }
+    *last_second = Some(second);
+    eprintln!(
+        "sft-load: {second}/{:.0} s measured, joined {}/{}{}, receiving {:.1} Mbit/s",
+        progress.duration.as_secs_f64(),
+        progress.joined,
+        progress.peers,
+        if progress.failed > 0 { format!(" ({} failed)", progress.failed) } else { String::new() },
+        progress.receive_bits_per_second / 1e6,
+    );
 }
 
 fn progress_bar(progress: &Progress) {
@@ -130,24 +152,32 @@ fn main() -> ExitCode {
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    let json = args.json;
-    let report = runtime.block_on(run::run(&plan, |progress| {
-        if !json {
-            progress_bar(progress);
-        }
+    let (json, terminal) = (args.json, std::io::stderr().is_terminal());
+    let mut last_second = None;
+    let report = runtime.block_on(run::run(&plan, |progress| match (json, terminal) {
+        (true, _) => {}
+        (false, true) => progress_bar(progress),
+        (false, false) => progress_line(progress, &mut last_second),
     }));
     match report {
         Ok(report) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
             } else {
-                eprintln!();
+                if terminal {
+                    eprintln!();
+                }
                 print!("{}", report.table());
             }
-            if report.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            if !report.failures.is_empty() {
+                return ExitCode::FAILURE;
+            }
+            match verdict(&report.per_peer, args.max_loss) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(why) => {
+                    eprintln!("sft-load: {why}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Err(why) => {

@@ -277,3 +277,65 @@ impl Report {
         }
     }
 }
+
+/// Whether a run's media arrived as it should: the peers whose network was
+/// not impaired lost at most `max_loss_percent` of their packets, and were
+/// still receiving video in the window's last second (an SFT that died
+/// mid-run counts as no loss, but shows as silence). `Err` says what failed.
+pub fn verdict(peers: &[PeerReport], max_loss_percent: f64) -> Result<(), String> {
+    let clear: Vec<&PeerReport> = peers.iter().filter(|p| !p.impaired && p.expected_from > 0).collect();
+    let (packets, lost) = clear.iter().fold((0, 0), |(packets, lost), p| (packets + p.packets, lost + p.lost));
+    if packets + lost > 0 {
+        let loss = lost as f64 * 100.0 / (packets + lost) as f64;
+        if loss > max_loss_percent {
+            return Err(format!(
+                "{loss:.2} % packet loss on unimpaired peers, more than --max-loss {max_loss_percent} %"
+            ));
+        }
+    }
+    let silent = |p: &&&PeerReport| {
+        p.packets == 0 || p.layers_over_time.last().is_some_and(|s| !s.is_empty() && s.chars().all(|c| c == '-'))
+    };
+    let silent = clear.iter().filter(silent).count();
+    if !clear.is_empty() && silent == clear.len() {
+        return Err(format!("none of the {silent} unimpaired peers received video at the end: did the SFT stop?"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(packets: u64, lost: u64, impaired: bool, last_second: &str) -> PeerReport {
+        PeerReport {
+            userid: "p".into(),
+            conf_id: "c".into(),
+            sft: "http://127.0.0.1:8585".into(),
+            join_ms: 1.0,
+            heard_from: 1,
+            expected_from: 1,
+            packets,
+            lost,
+            receive_kbps: 1.0,
+            video_fps: 1.0,
+            impaired,
+            layers_over_time: vec!["hh".into(), last_second.into()],
+        }
+    }
+
+    #[test]
+    fn loss_of_unimpaired_peers_and_a_silent_end_fail_the_run() {
+        assert!(
+            verdict(&[peer(1000, 0, false, "hh"), peer(500, 400, true, "l-")], 1.0).is_ok(),
+            "impaired loss is expected"
+        );
+        let lossy = verdict(&[peer(700, 300, false, "hh")], 1.0).unwrap_err();
+        assert!(lossy.contains("30.00 %"), "{lossy}");
+        assert!(verdict(&[peer(995, 5, false, "hh")], 1.0).is_ok());
+        let dead = verdict(&[peer(1000, 0, false, "--"), peer(900, 0, false, "--")], 1.0).unwrap_err();
+        assert!(dead.contains("did the SFT stop"), "{dead}");
+        assert!(verdict(&[peer(1000, 0, false, "--"), peer(900, 0, false, "h-")], 1.0).is_ok(), "one still receives");
+        assert!(verdict(&[peer(0, 0, false, "")], 1.0).is_err(), "nothing at all");
+    }
+}
