@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sft::core::ids::{Layer, MediaKind};
-use sft::federation::framing::{MediaFrame, RelayCodec};
+use sft::wire::{MediaFrame, RelayCodec};
 
 fn frame(payload: &[u8]) -> MediaFrame<'_> {
     MediaFrame {

@@ -22,9 +22,6 @@ use tokio::sync::Semaphore;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 
-/// The `listener` label of each HTTP listener.
-pub const LISTENERS: [&str; 3] = ["signalling", "federation", "metrics"];
-
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);

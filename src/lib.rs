@@ -23,3 +23,4 @@ pub mod reload;
 pub mod server;
 pub mod signalling;
 pub mod tls;
+pub mod wire;

@@ -45,6 +45,74 @@ impl RejectReason {
     }
 }
 
+/// The `listener` label of each HTTP listener.
+pub const LISTENERS: [&str; 3] = ["signalling", "federation", "metrics"];
+
+/// Why a peer was turned away; the `reason` label of
+/// `sft_federation_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// A client asked to federate while federation is off here.
+    FederationDisabled,
+    /// The peer's domain fails the strategy.
+    DomainNotAllowed,
+    /// No client certificate was presented.
+    NoCertificate,
+    /// The certificate does not chain to `federation.ca`, or is invalid.
+    BadCertificate,
+    /// `Wire-Origin-Domain` (or the relay hello) names a domain the
+    /// certificate is not for.
+    OriginMismatch,
+    /// A relay attach with a token this SFT did not issue for that peer.
+    BadToken,
+    /// Outbound: the peer's server certificate is not for the domain we dialled.
+    PeerCertificateMismatch,
+    /// A roster entry of a domain the link's peer may not announce.
+    RosterDomain,
+    /// A roster entry beyond the conference's `limits.max_conference_size`.
+    RosterCapacity,
+    /// An attach beyond `federation.max_conferences_per_link`.
+    ConferenceCapacity,
+    /// A `join`, or an attach that would start a conference, while this SFT drains.
+    Draining,
+    /// A control message that had to wait for `federation.max_control_rate`.
+    ControlRate,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 12] = [
+        Self::FederationDisabled,
+        Self::DomainNotAllowed,
+        Self::NoCertificate,
+        Self::BadCertificate,
+        Self::OriginMismatch,
+        Self::BadToken,
+        Self::PeerCertificateMismatch,
+        Self::RosterDomain,
+        Self::RosterCapacity,
+        Self::ConferenceCapacity,
+        Self::Draining,
+        Self::ControlRate,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FederationDisabled => "federation-disabled",
+            Self::DomainNotAllowed => "domain-not-allowed",
+            Self::NoCertificate => "no-certificate",
+            Self::BadCertificate => "bad-certificate",
+            Self::OriginMismatch => "origin-mismatch",
+            Self::BadToken => "bad-token",
+            Self::PeerCertificateMismatch => "peer-certificate-mismatch",
+            Self::RosterDomain => "roster-domain",
+            Self::RosterCapacity => "roster-capacity",
+            Self::ConferenceCapacity => "conference-capacity",
+            Self::Draining => "draining",
+            Self::ControlRate => "control-rate",
+        }
+    }
+}
+
 /// What a client's downlink estimate came from; the `source` label of
 /// `sft_receiver_estimate_bitrate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,13 +325,13 @@ impl Metrics {
         for reason in DropReason::ALL {
             media_dropped.with_label_values(&[reason.label()]);
         }
-        for reason in crate::federation::Rejection::ALL {
+        for reason in Rejection::ALL {
             federation_rejected.with_label_values(&[reason.label()]);
         }
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
-        for listener in crate::http::LISTENERS {
+        for listener in LISTENERS {
             http_refused.with_label_values(&[listener]);
         }
         for direction in ["in", "out"] {

@@ -16,9 +16,9 @@ use sft::core::conference::RosterEntry;
 use sft::core::ids::{Identity, Layer};
 use sft::federation::control::ControlClient;
 use sft::federation::discovery::Discovery;
-use sft::federation::framing::{encode_control, Control};
 use sft::federation::relay;
 use sft::federation::trust::Trust;
+use sft::wire::{encode_control, Control};
 
 /// The anchor's conference size limit: two clients of its own, so a roster
 /// from the hostile peer has room for ten.

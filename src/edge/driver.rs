@@ -23,9 +23,8 @@ use crate::core::keyframe::is_vp8_keyframe;
 use crate::core::messages::ClientMessage;
 use crate::core::relay_demand::RelayMode;
 use crate::core::roster_policy::{self, RosterSource};
-use crate::federation::framing::{Control, MediaFrame};
-use crate::federation::Rejection;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, Metrics, Rejection};
+use crate::wire::{Control, MediaFrame};
 
 use super::answer::{self, Estimation};
 use super::client::{Client, Media, Session};

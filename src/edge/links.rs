@@ -9,7 +9,7 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use crate::core::ids::LinkId;
-use crate::federation::framing::{Control, MediaFrame, RelayCodec};
+use crate::wire::{Control, MediaFrame, RelayCodec};
 
 /// How much the relay send arena takes at a time: some 50 video frames.
 const RELAY_ARENA_BYTES: usize = 64 * 1024;

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::core::ids::{ConfId, ConferenceKey, Identity, LinkId};
-use crate::federation::framing::Control;
 use crate::metrics::Metrics;
+use crate::wire::Control;
 
 pub use driver::EdgeStats;
 use offer::OfferSummary;

@@ -112,7 +112,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ControlServer>, guard: Guar
         let rejection = e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .map_or(Rejection::BadCertificate, Rejection::of_tls_error);
+            .map_or(Rejection::BadCertificate, super::trust::rejection_of_tls_error);
         metrics.federation_rejected(rejection.label());
         tracing::info!("federation TLS handshake refused: {e}");
     };

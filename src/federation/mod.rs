@@ -8,7 +8,6 @@
 pub mod control;
 pub mod credentials;
 pub mod discovery;
-pub mod framing;
 pub mod relay;
 pub mod trust;
 
@@ -30,10 +29,10 @@ use crate::edge::EdgeHandle;
 use crate::http::Guard;
 use crate::metrics::Metrics;
 use crate::tls::TlsError;
+use crate::wire::Control;
 use control::{ControlClient, ControlServer, RpcError};
 use credentials::{Credentials, SharedCredentials};
 use discovery::Discovery;
-use framing::Control;
 pub use trust::Rejection;
 
 #[derive(Debug, Error)]

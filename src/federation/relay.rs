@@ -11,12 +11,12 @@ use quinn::{Connection, RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
-use super::framing::{self, encode_control, Control, ALPN, MAX_CONTROL_FRAME};
 use super::trust::{Rejection, Trust};
 use super::{Admission, Federation};
 use crate::core::ids::LinkId;
 use crate::core::pacing::Pacer;
 use crate::tls::TlsError;
+use crate::wire::{self, encode_control, Control, ALPN, MAX_CONTROL_FRAME};
 
 /// A silent peer is declared gone after this; keep-alives every second keep
 /// a healthy but idle link open.
@@ -150,7 +150,7 @@ pub async fn read_control(recv: &mut RecvStream) -> Result<Option<Control>, Stri
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    framing::decode_control(&body).map(Some).map_err(|e| format!("bad control frame: {e}"))
+    wire::decode_control(&body).map(Some).map_err(|e| format!("bad control frame: {e}"))
 }
 
 /// Runs one established link until it ends: hands datagrams and control

@@ -9,85 +9,20 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::control::Tokens;
 use crate::config::{FederationConfig, Strategy};
+pub use crate::metrics::Rejection;
 use crate::tls::{self, TlsError};
 
-/// Why a peer was turned away; the `reason` label of
-/// `sft_federation_rejected_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// A client asked to federate while federation is off here.
-    FederationDisabled,
-    /// The peer's domain fails the strategy.
-    DomainNotAllowed,
-    /// No client certificate was presented.
-    NoCertificate,
-    /// The certificate does not chain to `federation.ca`, or is invalid.
-    BadCertificate,
-    /// `Wire-Origin-Domain` (or the relay hello) names a domain the
-    /// certificate is not for.
-    OriginMismatch,
-    /// A relay attach with a token this SFT did not issue for that peer.
-    BadToken,
-    /// Outbound: the peer's server certificate is not for the domain we dialled.
-    PeerCertificateMismatch,
-    /// A roster entry of a domain the link's peer may not announce.
-    RosterDomain,
-    /// A roster entry beyond the conference's `limits.max_conference_size`.
-    RosterCapacity,
-    /// An attach beyond `federation.max_conferences_per_link`.
-    ConferenceCapacity,
-    /// A `join`, or an attach that would start a conference, while this SFT drains.
-    Draining,
-    /// A control message that had to wait for `federation.max_control_rate`.
-    ControlRate,
-}
-
-impl Rejection {
-    pub const ALL: [Rejection; 12] = [
-        Self::FederationDisabled,
-        Self::DomainNotAllowed,
-        Self::NoCertificate,
-        Self::BadCertificate,
-        Self::OriginMismatch,
-        Self::BadToken,
-        Self::PeerCertificateMismatch,
-        Self::RosterDomain,
-        Self::RosterCapacity,
-        Self::ConferenceCapacity,
-        Self::Draining,
-        Self::ControlRate,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::FederationDisabled => "federation-disabled",
-            Self::DomainNotAllowed => "domain-not-allowed",
-            Self::NoCertificate => "no-certificate",
-            Self::BadCertificate => "bad-certificate",
-            Self::OriginMismatch => "origin-mismatch",
-            Self::BadToken => "bad-token",
-            Self::PeerCertificateMismatch => "peer-certificate-mismatch",
-            Self::RosterDomain => "roster-domain",
-            Self::RosterCapacity => "roster-capacity",
-            Self::ConferenceCapacity => "conference-capacity",
-            Self::Draining => "draining",
-            Self::ControlRate => "control-rate",
+/// Classifies a failed TLS handshake with a peer.
+pub fn rejection_of_tls_error(error: &rustls::Error) -> Rejection {
+    match error {
+        rustls::Error::NoCertificatesPresented => Rejection::NoCertificate,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => {
+            Rejection::PeerCertificateMismatch
         }
-    }
-
-    /// Classifies a failed TLS handshake.
-    pub fn of_tls_error(error: &rustls::Error) -> Self {
-        match error {
-            rustls::Error::NoCertificatesPresented => Self::NoCertificate,
-            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
-            | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => {
-                Self::PeerCertificateMismatch
-            }
-            _ => Self::BadCertificate,
-        }
+        _ => Rejection::BadCertificate,
     }
 }
-
 pub struct Trust {
     pub domain: String,
     pub strategy: Strategy,
