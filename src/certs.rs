@@ -59,9 +59,14 @@ pub fn dev(domain: &str, out: &Path, ca_dir: Option<&Path>, force: bool) -> Resu
     std::fs::create_dir_all(out).map_err(|source| CertsError::Io { path: out.to_owned(), source })?;
     // Absolute, so the printed config works wherever the SFT is started.
     let out = &std::fs::canonicalize(out).map_err(|source| CertsError::Io { path: out.to_owned(), source })?;
+    // Signing with a CA from elsewhere also writes its ca.pem into `out`:
+    // that replaces a CA of `out`'s own as much as a new one would.
+    let signs_with_own = ca_dir.is_some_and(|dir| std::fs::canonicalize(dir).is_ok_and(|dir| dir == *out));
+    if !force && !signs_with_own && out.join(CA_KEY).exists() {
+        return Err(CertsError::CaExists(out.to_owned()));
+    }
     let (ca_pem, ca_key) = match ca_dir {
         Some(dir) => (read(&dir.join(CA_CERT))?, KeyPair::from_pem(&read(&dir.join(CA_KEY))?)?),
-        None if !force && out.join(CA_KEY).exists() => return Err(CertsError::CaExists(out.to_owned())),
         None => {
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -128,8 +133,11 @@ mod tests {
         let ca = std::fs::read_to_string(&written.ca_cert).unwrap();
         assert!(matches!(dev("a.example", &out, None, false), Err(CertsError::CaExists(_))));
         assert_eq!(std::fs::read_to_string(&written.ca_cert).unwrap(), ca, "the CA is untouched");
-        // Signing with it, or replacing it on purpose, works.
+        // Signing with it, or replacing it on purpose, works; another CA's
+        // ca.pem does not land on top of it.
         dev("b.example", &dir.join("b"), Some(&out), false).unwrap();
+        dev("a.example", &out, Some(&out), false).unwrap();
+        assert!(matches!(dev("a.example", &out, Some(&dir.join("b")), false), Err(CertsError::CaExists(_))));
         dev("a.example", &out, None, true).unwrap();
         assert_ne!(std::fs::read_to_string(&written.ca_cert).unwrap(), ca, "--force replaces the CA");
         std::fs::remove_dir_all(dir).unwrap();

@@ -141,7 +141,10 @@ async fn run(config: Config) -> ExitCode {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
     loop {
         tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: draining");
+                server.drain.start();
+            }
             _ = server.drain.started() => tracing::info!("drain requested"),
             _ = server.media_stopped() => {
                 tracing::error!("the media thread stopped; exiting so that a supervisor restarts the SFT");
@@ -152,10 +155,14 @@ async fn run(config: Config) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
         }
-        match server.drain_and_wait(config.drain_timeout, config.drain_grace).await {
+        match server.wait_drained(config.drain_timeout, config.drain_grace).await {
             // `DELETE /admin/drain`: back to serving.
             DrainOutcome::Cancelled => continue,
             DrainOutcome::Drained | DrainOutcome::TimedOut => return ExitCode::SUCCESS,
+            DrainOutcome::MediaStopped => {
+                tracing::error!("the media thread stopped while draining");
+                return ExitCode::from(EXIT_MEDIA_STOPPED);
+            }
         }
     }
 }

@@ -51,6 +51,8 @@ pub enum DrainOutcome {
     TimedOut,
     /// `DELETE /admin/drain`: the SFT takes new sessions again.
     Cancelled,
+    /// The media thread stopped meanwhile.
+    MediaStopped,
 }
 
 /// A running SFT and where it listens (ports resolved when 0 was asked for).
@@ -156,10 +158,16 @@ impl Server {
         self.edge.stopped().await;
     }
 
-    /// Starts draining and waits until every session has ended (and at
-    /// least `grace` passed), `timeout` passed, or the drain was cancelled.
+    /// Starts draining and waits for its end, as [`Self::wait_drained`].
     pub async fn drain_and_wait(&self, timeout: Duration, grace: Duration) -> DrainOutcome {
         self.drain.start();
+        self.wait_drained(timeout, grace).await
+    }
+
+    /// Waits until every session of a drain already started has ended (and
+    /// at least `grace` passed), `timeout` passed, or the drain was
+    /// cancelled (also before this was called).
+    pub async fn wait_drained(&self, timeout: Duration, grace: Duration) -> DrainOutcome {
         self.metrics.draining.set(1);
         self.edge.drain().await;
         let started = Instant::now();
@@ -171,7 +179,7 @@ impl Server {
                 return DrainOutcome::Cancelled;
             }
             // Calls here include those this SFT anchors for other SFTs' clients only.
-            let Some(stats) = self.edge.stats().await else { return DrainOutcome::Drained };
+            let Some(stats) = self.edge.stats().await else { return DrainOutcome::MediaStopped };
             let (participants, remote) = (stats.participants, stats.remote_participants);
             if participants == 0 && remote == 0 && started.elapsed() >= grace {
                 return DrainOutcome::Drained;

@@ -130,4 +130,12 @@ async fn a_token_holds_few_sessions_and_only_its_user_ends_them() {
     // Her token is free again.
     let again = setup(&http, &sft, "room", &setup_body("alice-session-3", "alice", &offer), Some(&alice)).await;
     assert_eq!(outcome(again).await.0, 200);
+
+    // A session outlives its token: the expired token still ends it.
+    let soon = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 2;
+    let short = sft::signalling::sign_token(SECRET, "room", "alice", soon);
+    let brief = setup(&http, &sft, "room", &setup_body("alice-session-4", "alice", &offer), Some(&short)).await;
+    assert_eq!(outcome(brief).await.0, 200, "another token, another quota");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(delete(&http, &sft, "/sft/room/alice-session-4", Some(&short)).await.status(), 204);
 }

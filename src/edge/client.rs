@@ -79,6 +79,8 @@ pub struct Client {
     /// Addresses this client's datagrams came from (ICE may use several),
     /// oldest first.
     pub remote_addrs: Vec<SocketAddr>,
+    /// Where its last datagram came from: the path in use.
+    pub last_source: Option<SocketAddr>,
     pub last_rx: Instant,
     pub next_timeout: Option<Instant>,
     /// Set while the client has output to poll; keeps it in the dirty list once.
@@ -139,6 +141,7 @@ impl Client {
             rtc,
             ufrag,
             remote_addrs: Vec::new(),
+            last_source: None,
             last_rx: now,
             next_timeout: Some(now),
             dirty: false,

@@ -954,8 +954,9 @@ fn handle_datagram(
     };
     let Some(client) = clients.get_mut(&id) else { return };
     if known.is_none() {
-        sources.learn(source, id, &mut client.remote_addrs);
+        sources.learn(source, id, &mut client.remote_addrs, client.last_source);
     }
+    client.last_source = Some(source);
     if let Err(e) = client.rtc.handle_input(input) {
         tracing::debug!(participant = %id, "datagram rejected: {e}");
         sink.metrics.dropped(DropReason::Rejected);

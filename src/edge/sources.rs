@@ -5,7 +5,8 @@
 //! costs the same with one session or ten thousand. The state is bounded:
 //! one ufrag per session, and at most [`MAX_ADDRESSES_PER_SESSION`]
 //! addresses per session (a session that gets a new one forgets its
-//! oldest), so a peer that knows a ufrag cannot grow the table without end.
+//! oldest but the one it last heard from, the path media takes), so a peer
+//! that passes a session's ICE checks cannot grow the table without end.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,14 +39,21 @@ impl Sources {
     }
 
     /// Routes `source` to `id` from now on. `addresses` are the session's
-    /// own, oldest first; past the limit the oldest is forgotten.
-    pub fn learn(&mut self, source: SocketAddr, id: ParticipantId, addresses: &mut Vec<SocketAddr>) {
+    /// own, oldest first; past the limit the oldest is forgotten, except
+    /// `in_use` (where the session's datagrams last came from).
+    pub fn learn(
+        &mut self,
+        source: SocketAddr,
+        id: ParticipantId,
+        addresses: &mut Vec<SocketAddr>,
+        in_use: Option<SocketAddr>,
+    ) {
         if addresses.contains(&source) {
             return;
         }
         if addresses.len() >= MAX_ADDRESSES_PER_SESSION {
-            let oldest = addresses.remove(0);
-            self.by_addr.remove(&oldest);
+            let oldest = addresses.iter().position(|a| Some(*a) != in_use).unwrap_or(0);
+            self.by_addr.remove(&addresses.remove(oldest));
         }
         addresses.push(source);
         self.by_addr.insert(source, id);
@@ -79,12 +87,14 @@ mod tests {
         let id = ParticipantId(1);
         sources.add_session("u".into(), id);
         let mut addresses = Vec::new();
+        let media_path = SocketAddr::from(([127, 0, 0, 1], 1000));
         for port in 1000..1100 {
-            sources.learn(SocketAddr::from(([127, 0, 0, 1], port)), id, &mut addresses);
+            sources.learn(SocketAddr::from(([127, 0, 0, 1], port)), id, &mut addresses, Some(media_path));
         }
         assert_eq!(sources.entries(), (MAX_ADDRESSES_PER_SESSION, 1));
         assert_eq!(sources.known(&SocketAddr::from(([127, 0, 0, 1], 1099))), Some(id));
-        assert_eq!(sources.known(&SocketAddr::from(([127, 0, 0, 1], 1000))), None, "the oldest is forgotten");
+        assert_eq!(sources.known(&SocketAddr::from(([127, 0, 0, 1], 1001))), None, "the oldest is forgotten");
+        assert_eq!(sources.known(&media_path), Some(id), "but not the one in use");
         sources.remove_session("u", &addresses);
         assert_eq!(sources.entries(), (0, 0));
     }

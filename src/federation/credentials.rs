@@ -63,7 +63,9 @@ impl Credentials {
         let Some(expires_at) = self.expires_at else { return };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let left = expires_at.saturating_sub(i64::try_from(now).unwrap_or(i64::MAX));
-        if left < i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX) {
+        if left <= 0 {
+            tracing::warn!("the federation certificate has expired: peers refuse it; renew it and reload");
+        } else if left < i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX) {
             tracing::warn!(
                 days_left = left / 86_400,
                 "the federation certificate expires within 14 days: renew it and reload"

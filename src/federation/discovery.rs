@@ -88,7 +88,9 @@ impl Discovery {
             .collect();
         records.sort();
         let mut addrs = Vec::new();
+        let mut last_error = None;
         for (_, _, target, port) in records {
+            // A target that does not resolve is skipped: the others may.
             let ips = self
                 .bounded(&target, async {
                     resolver
@@ -96,14 +98,20 @@ impl Discovery {
                         .await
                         .map_err(|e| DiscoveryError::Host { host: target.clone(), why: e.to_string() })
                 })
-                .await?;
-            addrs.extend(ips.iter().map(|ip| SocketAddr::new(ip, port)));
+                .await;
+            match ips {
+                Ok(ips) => addrs.extend(ips.iter().map(|ip| SocketAddr::new(ip, port))),
+                Err(error) => {
+                    tracing::debug!(%domain, "SRV target skipped: {error}");
+                    last_error = Some(error);
+                }
+            }
         }
         if addrs.is_empty() {
-            return Err(DiscoveryError::NoRecord {
+            return Err(last_error.unwrap_or_else(|| DiscoveryError::NoRecord {
                 domain: domain.to_owned(),
                 why: "the SRV targets have no address".into(),
-            });
+            }));
         }
         self.cache.lock().expect("cache lock").insert(domain.to_owned(), (addrs.clone(), Instant::now() + valid_for));
         Ok(addrs)

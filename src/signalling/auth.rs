@@ -23,14 +23,17 @@ impl TokenError {
     }
 }
 
-/// Checks `header` (the whole `Authorization` value) at unix time `now_secs`.
+/// Checks `header` (the whole `Authorization` value), and its expiry
+/// against unix time `now_secs` when given. Returns the token in one
+/// canonical spelling (lowercase hex, no padding), so that one token
+/// written two ways still counts as one.
 pub fn verify(
     secret: &str,
     header: Option<&str>,
     conf_id: &str,
     userid: &str,
-    now_secs: u64,
-) -> Result<(), TokenError> {
+    now_secs: Option<u64>,
+) -> Result<String, TokenError> {
     let token = header.ok_or(TokenError::Missing)?.strip_prefix("Bearer ").ok_or(TokenError::Malformed)?.trim();
     let (expiry, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
     let expiry_secs: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
@@ -39,10 +42,10 @@ pub fn verify(
     mac.update(format!("{conf_id}|{userid}|{expiry}").as_bytes());
     // verify_slice compares in constant time.
     mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
-    if expiry_secs <= now_secs {
+    if now_secs.is_some_and(|now| expiry_secs <= now) {
         return Err(TokenError::Expired);
     }
-    Ok(())
+    Ok(format!("{expiry_secs}.{}", hex::encode(signature)))
 }
 
 /// Makes a token; used by operators' tooling, the demo page's docs and tests.
@@ -63,11 +66,16 @@ mod tests {
     #[test]
     fn accepts_a_valid_token_and_rejects_tampering() {
         let token = format!("Bearer {}", sign("s3cret", "conf1", "alice", 2000));
-        assert_eq!(verify("s3cret", Some(&token), "conf1", "alice", 1000), Ok(()));
-        assert_eq!(verify("other", Some(&token), "conf1", "alice", 1000), Err(TokenError::BadSignature));
-        assert_eq!(verify("s3cret", Some(&token), "conf2", "alice", 1000), Err(TokenError::BadSignature));
-        assert_eq!(verify("s3cret", Some(&token), "conf1", "bob", 1000), Err(TokenError::BadSignature));
-        assert_eq!(verify("s3cret", Some(&token), "conf1", "alice", 2000), Err(TokenError::Expired));
+        let canonical = verify("s3cret", Some(&token), "conf1", "alice", Some(1000)).unwrap();
+        assert_eq!(verify("other", Some(&token), "conf1", "alice", Some(1000)), Err(TokenError::BadSignature));
+        assert_eq!(verify("s3cret", Some(&token), "conf2", "alice", Some(1000)), Err(TokenError::BadSignature));
+        assert_eq!(verify("s3cret", Some(&token), "conf1", "bob", Some(1000)), Err(TokenError::BadSignature));
+        assert_eq!(verify("s3cret", Some(&token), "conf1", "alice", Some(2000)), Err(TokenError::Expired));
+        assert!(verify("s3cret", Some(&token), "conf1", "alice", None).is_ok(), "expiry not asked about");
+        // Written another way (upper-case hex, extra space), the same token.
+        let (expiry, signature) = token.trim_start_matches("Bearer ").split_once('.').unwrap();
+        let respelt = format!("Bearer  {expiry}.{}", signature.to_uppercase());
+        assert_eq!(verify("s3cret", Some(&respelt), "conf1", "alice", Some(1000)), Ok(canonical));
     }
 
     #[test]
@@ -79,7 +87,7 @@ mod tests {
     #[test]
     fn malformed_tokens() {
         for header in [None, Some("Basic abc"), Some("Bearer abc"), Some("Bearer x.00"), Some("Bearer 10.zz")] {
-            assert!(verify("k", header, "c", "u", 0).is_err(), "{header:?}");
+            assert!(verify("k", header, "c", "u", Some(0)).is_err(), "{header:?}");
         }
     }
 }

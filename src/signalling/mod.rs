@@ -54,8 +54,9 @@ impl Signalling {
     /// for a loopback caller with `limits.exempt_loopback` (a reverse proxy
     /// on this host that speaks for everyone).
     fn source_of(&self, peer: SocketAddr) -> Option<IpAddr> {
-        let source = rate_limit::source_key(peer.ip());
-        (!self.exempt_loopback || !source.is_loopback()).then_some(source)
+        // Loopback is judged on the whole address: `::1`'s /64 is not loopback.
+        let ip = peer.ip().to_canonical();
+        (!self.exempt_loopback || !ip.is_loopback()).then(|| rate_limit::source_key(ip))
     }
 
     /// Takes one of `peer`'s requests from its source's bucket.
@@ -66,12 +67,21 @@ impl Signalling {
     }
 
     /// With `auth_secret`, the `Authorization` header's token, checked
-    /// against the conference and the userid.
-    fn authorize(&self, headers: &HeaderMap, conf_id: &str, userid: &str) -> Result<(), ApiError> {
-        let Some(secret) = &self.auth_secret else { return Ok(()) };
+    /// against the conference and the userid (and its expiry when
+    /// `unexpired`); returns it in its canonical spelling.
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        conf_id: &str,
+        userid: &str,
+        unexpired: bool,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(secret) = &self.auth_secret else { return Ok(None) };
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        auth::verify(secret, authorization, conf_id, userid, unix_now())
-            .map_err(|e| ApiError::Unauthorized(e.message()))
+        let now = unexpired.then(unix_now);
+        let token = auth::verify(secret, authorization, conf_id, userid, now)
+            .map_err(|e| ApiError::Unauthorized(e.message()))?;
+        Ok(Some(token))
     }
 }
 
@@ -136,7 +146,13 @@ async fn setup(
             if let Some(reason) = error.reject_reason() {
                 state.metrics.rejected(reason);
             }
-            tracing::info!(conf = %conf_id, "SETUP rejected: {error}");
+            // A flood must not become a flood of log lines: refusals for
+            // quotas are counted, and logged at debug only.
+            if matches!(error, ApiError::RateLimited(_) | ApiError::OverQuota(_)) {
+                tracing::debug!(conf = %conf_id, "SETUP rejected: {error}");
+            } else {
+                tracing::info!(conf = %conf_id, "SETUP rejected: {error}");
+            }
             error.into_response()
         }
     }
@@ -154,7 +170,7 @@ async fn join(
     if state.drain.is_draining() {
         return Err(ApiError::Unavailable("this SFT is draining"));
     }
-    state.authorize(headers, conf_id.as_str(), &setup.src_userid)?;
+    let token = state.authorize(headers, conf_id.as_str(), &setup.src_userid, true)?;
     // Parsed here, not on the media thread, so garbage costs no session a packet.
     let (offer, summary) =
         offer::parse(&setup.props.sdp).map_err(|e| ApiError::BadRequest(format!("SDP offer: {e}")))?;
@@ -175,8 +191,7 @@ async fn join(
     let conference = ConferenceKey { anchor_domain: anchor_domain.clone(), conf_id: conf_id.clone() };
     let identity = Identity { userid: setup.src_userid, clientid: setup.src_clientid, domain: state.domain.clone() };
     // The token is kept for the sessions-per-token quota.
-    let token = state.auth_secret.as_ref().and(headers.get(header::AUTHORIZATION)).and_then(|v| v.to_str().ok());
-    let owner = Owner { source: state.source_of(peer), token: token.map(str::to_owned) };
+    let owner = Owner { source: state.source_of(peer), token };
     let sessid = setup.sessid.clone();
     let request = JoinRequest { conference, sessid, identity, offer, summary, anchor_link, owner };
     let answer_sdp = state.edge.join(request).await?;
@@ -239,7 +254,9 @@ async fn leave(
     }
     let checker = state.clone();
     let conf = conf_id.as_str().to_owned();
-    let check = Box::new(move |userid: &str| checker.authorize(&headers, &conf, userid).is_ok());
+    // A session outlives the token it was set up with: ending it needs the
+    // user's token, expired or not.
+    let check = Box::new(move |userid: &str| checker.authorize(&headers, &conf, userid, false).is_ok());
     match state.edge.leave(conf_id, sessid, check).await {
         LeaveOutcome::Left => Ok(StatusCode::NO_CONTENT),
         LeaveOutcome::NoSuchSession => Err(ApiError::NotFound("no such session in this conference".into())),
