@@ -124,11 +124,13 @@ async fn a_peer_that_lies_and_floods_is_dropped_capped_throttled_and_counted() {
         .collect();
     let flooding = std::time::Instant::now();
     send.write_all(&flood).await.unwrap();
-    // At 1,000 messages a second after a burst of 1,000, about 2,000 of them
-    // wait their turn: some 2 s to read them all.
+    // At 1,000 messages a second after a burst of 1,000, up to 2,000 of them
+    // wait their turn: some 2 s to read them all. On a loaded machine the
+    // edge takes them more slowly than that, and fewer have to wait (1,130
+    // in one CI run): at least 500 show that the pacer held the flood.
     let paced_before = rejected(&a, "control-rate").await;
     let mut polls = 0;
-    while rejected(&a, "control-rate").await < paced_before + 1500.0 {
+    while rejected(&a, "control-rate").await < paced_before + 500.0 {
         polls += 1;
         assert!(polls < 400, "the flood was never paced: {}", rejected(&a, "control-rate").await);
         tokio::time::sleep(Duration::from_millis(50)).await;
