@@ -11,6 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::core::relay_demand::RelayMode;
+use crate::signalling::MAX_SESSID_CHARS;
 
 /// The embedded default: `config/sft.toml` as shipped.
 pub const DEFAULT_TOML: &str = include_str!("../config/sft.toml");
@@ -163,6 +164,11 @@ pub struct Limits {
     /// Data channel messages a second one client may send (after a burst
     /// of twice that); more are dropped and counted.
     pub client_messages_per_second: u32,
+    /// The shortest `sessid` a SETUP may name. Without
+    /// `signalling.auth_secret` the `sessid` is what lets a caller end a
+    /// session, so a deployment whose clients choose long random ones
+    /// raises this to 16.
+    pub min_sessid_chars: usize,
     /// Spare loopback callers the per-source limits (a reverse proxy on
     /// this host speaks for every client).
     pub exempt_loopback: bool,
@@ -466,6 +472,12 @@ impl RawConfig {
             || [limits.signalling_rate, limits.signalling_burst, limits.client_messages_per_second].contains(&0)
         {
             return Err(ConfigError::Invalid { key: "limits", why: "limits must be at least 1".into() });
+        }
+        if !(1..=MAX_SESSID_CHARS).contains(&limits.min_sessid_chars) {
+            return Err(ConfigError::Invalid {
+                key: "limits.min_sessid_chars",
+                why: format!("must be between 1 and {MAX_SESSID_CHARS} (the contract's longest sessid)"),
+            });
         }
         if !(1..=3600).contains(&limits.http_header_timeout) {
             return Err(ConfigError::Invalid {

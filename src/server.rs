@@ -115,6 +115,7 @@ impl Server {
                 config.limits.signalling_burst,
             )),
             exempt_loopback: config.limits.exempt_loopback,
+            min_sessid_chars: config.limits.min_sessid_chars,
         });
         let federation_handle = federation;
         let signalling_router = signalling::router(signalling_state);

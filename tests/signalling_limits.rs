@@ -139,3 +139,18 @@ async fn a_token_holds_few_sessions_and_only_its_user_ends_them() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(delete(&http, &sft, "/sft/room/alice-session-4", Some(&short)).await.status(), 204);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_can_require_long_sessids() {
+    let sft = TestSft::start("[limits]\nmin_sessid_chars = 16\n").await;
+    let http = client_from(2);
+    let body = |sessid: &str, sdp: &str| {
+        serde_json::json!({"version": "3.0", "type": "SETUP", "sessid": sessid, "src_userid": "alice",
+            "src_clientid": "c1", "props": {"type": "offer", "sdp": sdp}})
+    };
+    let offer = ghost_offer().await;
+    let (status, code, _) = outcome(setup(&http, &sft, "room", &body("short", &offer), None).await).await;
+    assert_eq!((status, code.as_deref()), (400, Some("bad-request")));
+    let long = "0123456789abcdef";
+    assert_eq!(outcome(setup(&http, &sft, "room", &body(long, &offer), None).await).await.0, 200);
+}

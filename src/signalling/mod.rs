@@ -31,7 +31,8 @@ pub use auth::sign as sign_token;
 pub use error::ApiError;
 pub use rate_limit::RateLimiter;
 
-const MAX_SESSID_CHARS: usize = 64;
+/// The longest `sessid` the contract allows.
+pub const MAX_SESSID_CHARS: usize = 64;
 const MAX_ID_CHARS: usize = 256;
 
 pub struct Signalling {
@@ -47,6 +48,8 @@ pub struct Signalling {
     pub rate_limit: Mutex<RateLimiter>,
     /// Whether loopback sources are spared the per-source limits.
     pub exempt_loopback: bool,
+    /// The shortest `sessid` a SETUP may name (`limits.min_sessid_chars`).
+    pub min_sessid_chars: usize,
 }
 
 impl Signalling {
@@ -166,7 +169,7 @@ async fn join(
     body: &[u8],
 ) -> Result<serde_json::Value, ApiError> {
     let conf_id = ConfId::parse(conf_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let setup = parse_setup(body)?;
+    let setup = parse_setup(body, state.min_sessid_chars)?;
     if state.drain.is_draining() {
         return Err(ApiError::Unavailable("this SFT is draining"));
     }
@@ -207,14 +210,14 @@ async fn join(
 }
 
 /// A SETUP body, read and checked.
-fn parse_setup(body: &[u8]) -> Result<SetupRequest, ApiError> {
+fn parse_setup(body: &[u8], min_sessid_chars: usize) -> Result<SetupRequest, ApiError> {
     let setup: SetupRequest =
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid SETUP JSON: {e}")))?;
-    check_setup(&setup)?;
+    check_setup(&setup, min_sessid_chars)?;
     Ok(setup)
 }
 
-fn check_setup(setup: &SetupRequest) -> Result<(), ApiError> {
+fn check_setup(setup: &SetupRequest, min_sessid_chars: usize) -> Result<(), ApiError> {
     let bad = |why: String| Err(ApiError::BadRequest(why));
     if setup.kind != "SETUP" {
         return bad(format!("type must be \"SETUP\", not {:?}", setup.kind));
@@ -223,8 +226,8 @@ fn check_setup(setup: &SetupRequest) -> Result<(), ApiError> {
         return bad(format!("props.type must be \"offer\", not {:?}", setup.props.kind));
     }
     let sessid_chars = setup.sessid.chars().count();
-    if sessid_chars == 0 || sessid_chars > MAX_SESSID_CHARS {
-        return bad(format!("sessid must be 1 to {MAX_SESSID_CHARS} characters"));
+    if sessid_chars < min_sessid_chars.max(1) || sessid_chars > MAX_SESSID_CHARS {
+        return bad(format!("sessid must be {} to {MAX_SESSID_CHARS} characters", min_sessid_chars.max(1)));
     }
     for (field, value) in [("src_userid", &setup.src_userid), ("src_clientid", &setup.src_clientid)] {
         if value.is_empty() || value.chars().count() > MAX_ID_CHARS {
@@ -281,7 +284,7 @@ mod tests {
         })
         .to_string();
         let mut read = 0;
-        crate::fuzz::run(3, &[sample.as_bytes()], |body| match parse_setup(body) {
+        crate::fuzz::run(3, &[sample.as_bytes()], |body| match parse_setup(body, 1) {
             Ok(setup) => {
                 read += 1;
                 assert!((1..=MAX_SESSID_CHARS).contains(&setup.sessid.chars().count()));
@@ -289,5 +292,20 @@ mod tests {
             Err(error) => assert!(matches!(error, ApiError::BadRequest(_)), "{error}"),
         });
         assert!(read > 0, "some mutations stay valid");
+    }
+
+    #[test]
+    fn a_sessid_below_the_configured_minimum_is_refused() {
+        let setup = |sessid: &str| {
+            serde_json::json!({
+                "version": "3.0", "type": "SETUP", "sessid": sessid, "src_userid": "alice", "src_clientid": "c1",
+                "props": {"type": "offer", "sdp": "v=0\r\n"}
+            })
+            .to_string()
+        };
+        assert!(parse_setup(setup("s1").as_bytes(), 1).is_ok(), "the contract's default allows short ids");
+        let refused = parse_setup(setup("s1").as_bytes(), 16).map(|_| ()).unwrap_err();
+        assert!(refused.to_string().contains("16 to 64"), "{refused}");
+        assert!(parse_setup(setup("0123456789abcdef").as_bytes(), 16).is_ok());
     }
 }
