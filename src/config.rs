@@ -62,6 +62,7 @@ struct RawMedia {
     idle_timeout: f64,
     bandwidth_estimation: bool,
     max_receive_kbps: Option<u32>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +175,15 @@ pub struct Limits {
     pub exempt_loopback: bool,
 }
 
+/// The most media workers a process runs.
+const MAX_WORKERS: usize = 256;
+
+/// One media worker per core the process may use (its CPU affinity and
+/// cgroup quota count), at least one.
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from).min(MAX_WORKERS)
+}
+
 /// The checked configuration the server runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -230,6 +240,10 @@ pub struct MediaConfig {
     /// A ceiling (bits/s) on every client's estimate, and the estimate of
     /// clients that give none.
     pub max_receive_bps: Option<u32>,
+    /// Media worker threads, each with its own UDP socket: worker `i`
+    /// listens on `listen`'s port + `i` (every worker on an ephemeral port
+    /// when that is 0).
+    pub workers: usize,
 }
 
 impl Config {
@@ -419,6 +433,19 @@ impl RawConfig {
                 why: "port 0 cannot be combined with media.public_ip".into(),
             });
         }
+        let workers = self.media.workers.unwrap_or_else(available_cores);
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(ConfigError::Invalid {
+                key: "media.workers",
+                why: format!("must be between 1 and {MAX_WORKERS}"),
+            });
+        }
+        if media_listen.port() != 0 && usize::from(media_listen.port()) + workers - 1 > usize::from(u16::MAX) {
+            return Err(ConfigError::Invalid {
+                key: "media.workers",
+                why: format!("{workers} workers need the ports {} and up, past 65535", media_listen.port()),
+            });
+        }
         if !(self.media.idle_timeout.is_finite() && self.media.idle_timeout > 0.0 && self.media.idle_timeout <= 3600.0)
         {
             return Err(ConfigError::Invalid {
@@ -509,6 +536,7 @@ impl RawConfig {
                 idle_timeout: Duration::from_secs_f64(self.media.idle_timeout),
                 bandwidth_estimation: self.media.bandwidth_estimation,
                 max_receive_bps: self.media.max_receive_kbps.map(|kbps| kbps * 1000),
+                workers,
             },
             limits: self.limits,
             metrics_listen: socket_addr("metrics.listen", &self.metrics.listen)?,

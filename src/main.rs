@@ -108,7 +108,8 @@ async fn run(config: Config) -> ExitCode {
     println!("sft: demo page at {scheme}://{}/", server.signalling_addr);
     tracing::info!(
         signalling = %server.signalling_addr,
-        media = %server.media_addr,
+        media = ?server.media_addrs,
+        media_workers = server.media_addrs.len(),
         metrics = %server.metrics_addr,
         domain = %config.domain,
         advertised_media = %config.media.public_addr,

@@ -2,8 +2,8 @@
 //! so several servers can run in one process (tests) without mixing counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Why a SETUP was turned away; the `reason` label of `sft_sessions_rejected_total`.
@@ -203,6 +203,62 @@ pub struct Metrics {
     http_refused: IntCounterVec,
     stream_loss: HistogramVec,
     receiver_estimate: HistogramVec,
+    workers: WorkerFamilies,
+}
+
+/// The series of one media worker (`worker` label), handed to it at start.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// Clients connected to the worker.
+    pub sessions: IntGauge,
+    pub conferences: IntGauge,
+    pub packets_forwarded: IntCounter,
+    /// CPU time of the worker's thread.
+    pub cpu_seconds: Counter,
+}
+
+#[derive(Clone)]
+struct WorkerFamilies {
+    sessions: IntGaugeVec,
+    conferences: IntGaugeVec,
+    packets_forwarded: IntCounterVec,
+    cpu_seconds: CounterVec,
+}
+
+impl WorkerFamilies {
+    fn new() -> Self {
+        let opts = |name: &str, help: &str| Opts::new(name, help);
+        Self {
+            sessions: IntGaugeVec::new(opts("sft_worker_sessions", "Clients connected, by media worker"), &["worker"])
+                .expect("valid metric"),
+            conferences: IntGaugeVec::new(
+                opts("sft_worker_conferences", "Conferences, by the media worker they live on"),
+                &["worker"],
+            )
+            .expect("valid metric"),
+            packets_forwarded: IntCounterVec::new(
+                opts("sft_worker_packets_forwarded_total", "RTP packets sent into receive slots, by media worker"),
+                &["worker"],
+            )
+            .expect("valid metric"),
+            cpu_seconds: CounterVec::new(
+                opts("sft_worker_cpu_seconds_total", "CPU time of each media worker's thread"),
+                &["worker"],
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn register(&self, registry: &Registry) {
+        for collector in [
+            Box::new(self.sessions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.conferences.clone()),
+            Box::new(self.packets_forwarded.clone()),
+            Box::new(self.cpu_seconds.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+    }
 }
 
 impl Metrics {
@@ -315,6 +371,8 @@ impl Metrics {
         ] {
             registry.register(collector).expect("metric names are unique");
         }
+        let workers = WorkerFamilies::new();
+        workers.register(&registry);
         // Make every labelled series visible at zero before its first event.
         for role in ["local", "remote"] {
             participants.with_label_values(&[role]).set(0);
@@ -360,6 +418,19 @@ impl Metrics {
             http_refused,
             stream_loss,
             receiver_estimate,
+            workers,
+        }
+    }
+
+    /// The series of media worker `index`, visible at zero from now on.
+    pub fn worker(&self, index: usize) -> WorkerMetrics {
+        let label = [index.to_string()];
+        let label = [label[0].as_str()];
+        WorkerMetrics {
+            sessions: self.workers.sessions.with_label_values(&label),
+            conferences: self.workers.conferences.with_label_values(&label),
+            packets_forwarded: self.workers.packets_forwarded.with_label_values(&label),
+            cpu_seconds: self.workers.cpu_seconds.with_label_values(&label),
         }
     }
 

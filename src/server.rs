@@ -58,7 +58,10 @@ pub enum DrainOutcome {
 /// A running SFT and where it listens (ports resolved when 0 was asked for).
 pub struct Server {
     pub signalling_addr: SocketAddr,
+    /// Media worker 0's socket.
     pub media_addr: SocketAddr,
+    /// Every media worker's socket, worker 0 first.
+    pub media_addrs: Vec<SocketAddr>,
     pub metrics_addr: SocketAddr,
     /// Where federation listens, when it is on.
     pub federation: Option<Listening>,
@@ -78,11 +81,12 @@ impl Server {
         };
         let metrics = Arc::new(Metrics::new());
         let drain = Arc::new(Drain::default());
-        let (edge, media_addr) = edge::start(config, metrics.clone()).map_err(|source| StartError::Bind {
+        let edge = edge::start(config, metrics.clone()).map_err(|source| StartError::Bind {
             what: "media (UDP)",
             addr: config.media.listen,
             source,
         })?;
+        let media_addrs = edge.media_addrs().to_vec();
 
         let (federation, federation_addrs) = match &config.federation {
             Some(federation_config) => {
@@ -143,7 +147,8 @@ impl Server {
 
         Ok(Self {
             signalling_addr,
-            media_addr,
+            media_addr: media_addrs[0],
+            media_addrs,
             metrics_addr,
             federation: federation_addrs,
             drain,

@@ -106,6 +106,13 @@ impl MediaFrame<'_> {
 }
 
 impl<'a> MediaFrame<'a> {
+    /// The channel of an encoded frame, read without decoding the rest
+    /// (to pick the worker a datagram goes to).
+    pub fn peek_channel(datagram: &[u8]) -> Option<u32> {
+        let bytes = datagram.get(2..6)?;
+        Some(u32::from_be_bytes(bytes.try_into().ok()?))
+    }
+
     pub fn decode(datagram: &'a [u8]) -> Result<Self, FrameError> {
         let header = datagram.get(..HEADER_LEN).ok_or(FrameError::Truncated)?;
         if header[0] != MEDIA {
@@ -172,6 +179,20 @@ pub enum Control {
 }
 
 impl Control {
+    /// The conference channel the message is about (`None` for `hello`).
+    pub fn channel(&self) -> Option<u32> {
+        match self {
+            Self::Hello { .. } => None,
+            Self::Attach { channel, .. }
+            | Self::Refused { channel, .. }
+            | Self::Detach { channel }
+            | Self::Roster { channel, .. }
+            | Self::Keyframe { channel, .. }
+            | Self::Subscribe { channel, .. }
+            | Self::Layers { channel, .. } => Some(*channel),
+        }
+    }
+
     /// What reading the message costs, in messages: one, or a roster's
     /// entries (what the receiver has to check and apply).
     pub fn cost(&self) -> u32 {
@@ -224,6 +245,8 @@ mod tests {
         frame(b"vp8 bytes").encode(&mut buf);
         assert_eq!(buf.len(), HEADER_LEN + 9);
         assert_eq!(MediaFrame::decode(&buf), Ok(frame(b"vp8 bytes")));
+        assert_eq!(MediaFrame::peek_channel(&buf), Some(7));
+        assert_eq!(MediaFrame::peek_channel(&buf[..5]), None, "too short to name a channel");
         let audio = MediaFrame {
             kind: MediaKind::Audio,
             layer: None,

@@ -23,7 +23,7 @@ use crate::core::keyframe::is_vp8_keyframe;
 use crate::core::messages::ClientMessage;
 use crate::core::relay_demand::RelayMode;
 use crate::core::roster_policy::{self, RosterSource};
-use crate::metrics::{DropReason, Metrics, Rejection};
+use crate::metrics::{DropReason, Metrics, Rejection, WorkerMetrics};
 use crate::wire::{Control, MediaFrame};
 
 use super::answer::{self, Estimation};
@@ -31,9 +31,13 @@ use super::client::{Client, Media, Session};
 use super::estimate::DownlinkEstimate;
 use super::links::{relay_codec, str0m_codec, Channels, Link};
 use super::offer::OfferSummary;
+use super::placement::Placement;
+use super::quotas::Quotas;
+use super::relay_routes::RouteUpdate;
 use super::sources::Sources;
+use super::thread_cpu::ThreadCpu;
 use super::udp::{Datagram, MediaSocket};
-use super::{Command, JoinError, JoinRequest, LeaveOutcome, Owner};
+use super::{Command, JoinError, JoinRequest, LeaveOutcome};
 
 /// Datagram batches handled per wake-up before timers and commands get a
 /// turn, so a flood on the socket cannot starve them (quinn's WorkLimiter idea).
@@ -53,7 +57,33 @@ pub struct EdgeStats {
     pub conferences: usize,
 }
 
+/// What a worker shares with the other workers and the edge's handle.
+pub(super) struct Shared {
+    /// This worker's number, from 0.
+    pub index: usize,
+    /// How many workers there are.
+    pub workers: usize,
+    pub placement: Arc<Placement>,
+    pub quotas: Arc<Quotas>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the worker last added to the process-wide gauges.
+#[derive(Default)]
+struct Published {
+    local: i64,
+    remote: i64,
+    conferences: i64,
+}
+
 pub(super) struct Driver {
+    /// This worker's number.
+    index: usize,
+    placement: Arc<Placement>,
+    quotas: Arc<Quotas>,
+    worker_metrics: WorkerMetrics,
+    published: Published,
+    cpu: ThreadCpu,
     socket: MediaSocket,
     public_addr: SocketAddr,
     /// The host candidate every answer carries (`public_addr`).
@@ -77,7 +107,11 @@ pub(super) struct Driver {
     conferences: HashMap<u64, Conference>,
     conference_numbers: HashMap<ConferenceKey, u64>,
     next_participant: u64,
+    /// Conference numbers step by the number of workers, each worker from
+    /// its own offset, so they are unique in the process: a federated
+    /// conference's number is its channel on a link every worker shares.
     next_conference: u64,
+    conference_step: u64,
     next_idle_sweep: Instant,
     links: HashMap<LinkId, Link>,
     channels: Channels,
@@ -99,8 +133,9 @@ impl Driver {
         public_addr: SocketAddr,
         host_candidate: Candidate,
         config: &Config,
-        metrics: Arc<Metrics>,
+        shared: Shared,
     ) -> Self {
+        let Shared { index, workers, placement, quotas, metrics } = shared;
         let conference_config = ConferenceConfig {
             link_timeout: config
                 .federation
@@ -110,6 +145,12 @@ impl Driver {
             ..ConferenceConfig::default()
         };
         Self {
+            index,
+            placement,
+            quotas,
+            worker_metrics: metrics.worker(index),
+            published: Published::default(),
+            cpu: ThreadCpu::default(),
             socket,
             public_addr,
             host_candidate,
@@ -131,7 +172,8 @@ impl Driver {
             // id, and a restarted process should not reuse the ids its
             // previous life announced to peers (who also compare identities).
             next_participant: (u64::from(rand::random::<u32>()) << 20) + 1,
-            next_conference: 1,
+            next_conference: index as u64 + 1,
+            conference_step: workers as u64,
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             links: HashMap::new(),
             channels: Channels::default(),
@@ -176,7 +218,9 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Join { request, reply } => {
+                let key = request.conference.clone();
                 let result = self.join(Instant::now(), *request);
+                self.placement.handled(&key, self.conference_numbers.contains_key(&key));
                 let _ = reply.send(result);
             }
             Command::Leave { conf_id, sessid, check, reply } => {
@@ -202,12 +246,18 @@ impl Driver {
             Command::Resume => self.draining = false,
             #[cfg(test)]
             Command::InjectPanic => panic!("fault injected into the media thread"),
-            Command::LinkUp { link, peer_domain, connection, control } => {
-                self.link_up(link, peer_domain, connection, control)
+            Command::LinkUp { link, peer_domain, connection, control, routes } => {
+                self.link_up(link, peer_domain, connection, control, routes)
             }
             Command::LinkDown { link, connection } => self.link_down(link, connection),
             Command::RelayDatagram { link, datagram } => self.relay_datagram(link, &datagram),
             Command::RelayControl { link, message } => self.relay_control(link, message),
+            Command::RelayAttach { link, key, message } => {
+                if let Control::Attach { channel, .. } = message {
+                    self.relay_attach(link, channel, &key);
+                }
+                self.placement.handled(&key, self.conference_numbers.contains_key(&key));
+            }
         }
     }
 
@@ -216,10 +266,6 @@ impl Driver {
         if self.sessions.contains_key(&session_key) {
             return Err(JoinError::SessionExists(request.sessid));
         }
-        if self.clients.len() >= self.limits.max_participants {
-            return Err(JoinError::AtCapacity("this SFT is at its participant limit"));
-        }
-        self.check_quotas(&request.owner)?;
         let existing = self.conference_numbers.get(&request.conference).and_then(|n| self.conferences.get(n));
         if existing.is_some_and(|c| c.counts().0 + c.counts().1 >= self.limits.max_conference_size) {
             return Err(JoinError::AtCapacity("the conference is full"));
@@ -237,7 +283,7 @@ impl Driver {
             // Truncation on purpose: a channel must only be unique among the
             // conferences live on one link, and numbers wrap after 2^32 conferences.
             let channel = number as u32;
-            self.channels.insert(link, channel, number);
+            self.map_channel(link, channel, number);
             let conf_id = request.conference.conf_id.as_str().to_owned();
             self.attachments.insert((link, channel), (conf_id.clone(), token.clone()));
             if let Some(l) = self.links.get(&link) {
@@ -267,37 +313,13 @@ impl Driver {
         Ok(answer)
     }
 
-    /// Sessions still connecting, in all and from the owner's address, and
-    /// sessions per token stay within their limits. A scan: joins are rare
-    /// next to packets, and bounded by `limits.max_participants`.
-    fn check_quotas(&self, owner: &Owner) -> Result<(), JoinError> {
-        let (mut pending, mut pending_here, mut with_token) = (0, 0, 0);
-        for client in self.clients.values() {
-            if client.connected_at.is_none() {
-                pending += 1;
-                pending_here += usize::from(owner.source.is_some() && client.session.owner.source == owner.source);
-            }
-            with_token += usize::from(owner.token.is_some() && client.session.owner.token == owner.token);
-        }
-        if pending_here >= self.limits.max_pending_sessions_per_source {
-            return Err(JoinError::OverQuota("too many sessions from this address are still connecting"));
-        }
-        if pending >= self.limits.max_pending_sessions {
-            return Err(JoinError::AtCapacity("too many sessions are still connecting"));
-        }
-        if with_token >= self.limits.max_sessions_per_token {
-            return Err(JoinError::OverQuota("this token holds as many sessions as it may"));
-        }
-        Ok(())
-    }
-
     /// The driver's number for a conference, creating it when new.
     fn conference_number(&mut self, key: &ConferenceKey) -> (u64, bool) {
         if let Some(number) = self.conference_numbers.get(key) {
             return (*number, false);
         }
         let number = self.next_conference;
-        self.next_conference += 1;
+        self.next_conference += self.conference_step;
         self.conference_numbers.insert(key.clone(), number);
         self.conferences.insert(number, Conference::new(self.conference_config.clone()));
         (number, true)
@@ -355,6 +377,7 @@ impl Driver {
         }
         if now >= self.next_idle_sweep {
             self.next_idle_sweep = now + IDLE_SWEEP;
+            self.worker_metrics.cpu_seconds.inc_by(self.cpu.seconds_since_last());
             for client in self.clients.values() {
                 if now.saturating_duration_since(client.last_rx) > self.idle_timeout {
                     self.ended.push((client.id, "idle-timeout"));
@@ -449,7 +472,9 @@ impl Driver {
             Event::Connected => {
                 tracing::debug!(participant = %id, "connected");
                 if let Some(client) = self.clients.get_mut(&id) {
-                    client.connected_at = Some(now);
+                    if client.connected_at.replace(now).is_none() {
+                        self.quotas.connected(&client.session.owner);
+                    }
                 }
             }
             _ => {}
@@ -533,6 +558,7 @@ impl Driver {
             }
             if receiver.write_rtp(forward.slot, forward.seq, forward.timestamp, media) {
                 self.metrics.rtp_packets_forwarded.inc();
+                self.worker_metrics.packets_forwarded.inc();
                 self.metrics.rtp_bytes_forwarded.inc_by(media.payload.len() as u64);
                 if !receiver.dirty {
                     receiver.dirty = true;
@@ -573,23 +599,32 @@ impl Driver {
         peer_domain: String,
         connection: quinn::Connection,
         control: tokio::sync::mpsc::Sender<Control>,
+        routes: super::relay_routes::RouteSender,
     ) {
         let now = Instant::now();
         let bytes_out = self.metrics.relay_bytes(&peer_domain, "out");
         self.metrics.link_state(&peer_domain, "up");
-        let entry =
-            self.links.entry(link).or_insert_with(|| Link { peer_domain, connection: None, control: None, bytes_out });
+        let entry = self.links.entry(link).or_insert_with(|| Link {
+            peer_domain,
+            connection: None,
+            control: None,
+            routes: None,
+            bytes_out,
+        });
         // A peer that dials again has given up on its old connection, even if
         // this side has not noticed yet.
         if let Some(old) = entry.connection.replace(connection) {
             old.close(0u32.into(), b"replaced by a newer connection");
         }
         entry.control = Some(control);
+        entry.routes = Some(routes);
         // A federated node re-attaches its conferences. The anchor waits for
         // those attaches: a peer that restarted has forgotten its channels,
         // and the participants of those it does not re-attach leave after
         // `federation.link_timeout`.
         for (number, channel) in self.channels.on_link(link) {
+            // The new connection's reader knows no routes yet.
+            self.route(link, RouteUpdate::Route { channel, worker: self.index });
             let attachment = self.attachments.get(&(link, channel));
             if let (Some((conf_id, token)), Some(l)) = (attachment, self.links.get(&link)) {
                 l.send_control(Control::Attach { channel, conf_id: conf_id.clone(), relay_token: token.clone() });
@@ -613,6 +648,7 @@ impl Driver {
         }
         l.connection = None;
         l.control = None;
+        l.routes = None;
         self.metrics.link_state(&l.peer_domain, "down");
         for (number, _) in self.channels.on_link(link) {
             if let Some(conference) = self.conferences.get_mut(&number) {
@@ -650,26 +686,8 @@ impl Driver {
     fn relay_control(&mut self, link: LinkId, message: Control) {
         let now = Instant::now();
         match message {
-            Control::Attach { channel, conf_id, .. } => {
-                let Ok(conf_id) = ConfId::parse(&conf_id) else { return };
-                let key = ConferenceKey { anchor_domain: self.domain.clone(), conf_id };
-                if let Some(rejection) = self.attach_refusal(link, channel, &key) {
-                    self.metrics.federation_rejected(rejection.label());
-                    tracing::info!(%link, reason = rejection.label(), "relay attach refused");
-                    if let Some(l) = self.links.get(&link) {
-                        l.send_control(Control::Refused { channel, reason: rejection.label().into() });
-                    }
-                    return;
-                }
-                let (number, _) = self.conference_number(&key);
-                if let Some(displaced) = self.channels.insert(link, channel, number) {
-                    self.leave_link(now, link, displaced);
-                }
-                if let Some(conference) = self.conferences.get_mut(&number) {
-                    conference.attach_link(now, link);
-                }
-                self.drain_conference(number);
-            }
+            // Attaches arrive as `Command::RelayAttach`, placed on this worker.
+            Control::Attach { .. } | Control::Hello { .. } => {}
             Control::Refused { channel, reason } => {
                 tracing::warn!(%link, "anchor refused the conference: {reason}");
                 self.detach(now, link, channel);
@@ -719,7 +737,55 @@ impl Driver {
                     conference.handle_layer_report(now, link, publishers);
                 }
             }
-            Control::Hello { .. } => {}
+        }
+    }
+
+    /// A peer attaches conference `key` (anchored here) as `channel`.
+    fn relay_attach(&mut self, link: LinkId, channel: u32, key: &ConferenceKey) {
+        let now = Instant::now();
+        if let Some(rejection) = self.attach_refusal(link, channel, key) {
+            self.metrics.federation_rejected(rejection.label());
+            tracing::info!(%link, reason = rejection.label(), "relay attach refused");
+            if let Some(l) = self.links.get(&link) {
+                l.send_control(Control::Refused { channel, reason: rejection.label().into() });
+            }
+            if self.channels.conference(link, channel).is_none() {
+                self.route(link, RouteUpdate::Unroute { channel, worker: self.index });
+            }
+            return;
+        }
+        let (number, _) = self.conference_number(key);
+        if let Some(displaced) = self.map_channel(link, channel, number) {
+            self.leave_link(now, link, displaced);
+        }
+        if let Some(conference) = self.conferences.get_mut(&number) {
+            conference.attach_link(now, link);
+        }
+        self.drain_conference(number);
+    }
+
+    /// Maps `(link, channel)` to conference `number` and tells the link's
+    /// reader; returns the conference the channel carried before, if another.
+    fn map_channel(&mut self, link: LinkId, channel: u32, number: u64) -> Option<u64> {
+        let vacated = self.channels.channel(number, link).filter(|old| *old != channel);
+        let displaced = self.channels.insert(link, channel, number);
+        if let Some(old) = vacated {
+            self.route(link, RouteUpdate::Unroute { channel: old, worker: self.index });
+        }
+        self.route(link, RouteUpdate::Route { channel, worker: self.index });
+        displaced
+    }
+
+    fn unmap_channel(&mut self, link: LinkId, channel: u32) {
+        self.channels.remove(link, channel);
+        self.attachments.remove(&(link, channel));
+        self.route(link, RouteUpdate::Unroute { channel, worker: self.index });
+    }
+
+    /// Tells `link`'s reader where one of its channels goes now.
+    fn route(&self, link: LinkId, update: RouteUpdate) {
+        if let Some(routes) = self.links.get(&link).and_then(|l| l.routes.as_ref()) {
+            let _ = routes.send(update);
         }
     }
 
@@ -742,8 +808,7 @@ impl Driver {
 
     fn detach(&mut self, now: Instant, link: LinkId, channel: u32) {
         let Some(number) = self.channels.conference(link, channel) else { return };
-        self.channels.remove(link, channel);
-        self.attachments.remove(&(link, channel));
+        self.unmap_channel(link, channel);
         self.leave_link(now, link, number);
     }
 
@@ -787,11 +852,14 @@ impl Driver {
             return;
         }
         self.conferences.remove(&number);
-        self.conference_numbers.retain(|_, n| *n != number);
+        let key = self.conference_numbers.iter().find(|(_, n)| **n == number).map(|(key, _)| key.clone());
+        if let Some(key) = key {
+            self.conference_numbers.remove(&key);
+            self.placement.ended(&key);
+        }
         for link in self.channels.links_of(number) {
             if let Some(channel) = self.channels.channel(number, link) {
-                self.channels.remove(link, channel);
-                self.attachments.remove(&(link, channel));
+                self.unmap_channel(link, channel);
             }
         }
     }
@@ -885,16 +953,27 @@ impl Driver {
             }
         }
         self.remove_if_empty(number);
+        self.quotas.ended(&client.session.owner, client.connected_at.is_some());
         self.metrics.ended(cause);
         self.update_gauges();
         tracing::info!(participant = %id, conf = %client.conference.conf_id, cause, "left");
     }
 
-    fn update_gauges(&self) {
+    /// Publishes this worker's counts: its own series, and its share of
+    /// the process-wide ones (as the change since it last published).
+    fn update_gauges(&mut self) {
         let remote: usize = self.conferences.values().map(|c| c.counts().1).sum();
-        self.metrics.local_participants().set(self.clients.len() as i64);
-        self.metrics.remote_participants().set(remote as i64);
-        self.metrics.conferences.set(self.conferences.len() as i64);
+        let now = Published {
+            local: self.clients.len() as i64,
+            remote: remote as i64,
+            conferences: self.conferences.len() as i64,
+        };
+        self.metrics.local_participants().add(now.local - self.published.local);
+        self.metrics.remote_participants().add(now.remote - self.published.remote);
+        self.metrics.conferences.add(now.conferences - self.published.conferences);
+        self.worker_metrics.sessions.set(now.local);
+        self.worker_metrics.conferences.set(now.conferences);
+        self.published = now;
     }
 }
 

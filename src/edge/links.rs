@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 use crate::core::ids::LinkId;
 use crate::wire::{Control, MediaFrame, RelayCodec};
 
+use super::relay_routes::RouteSender;
+
 /// How much the relay send arena takes at a time: some 50 video frames.
 const RELAY_ARENA_BYTES: usize = 64 * 1024;
 
@@ -19,6 +21,8 @@ pub struct Link {
     /// `None` while the link is down.
     pub connection: Option<quinn::Connection>,
     pub control: Option<mpsc::Sender<Control>>,
+    /// Tells the link's reader which channels this worker carries.
+    pub routes: Option<RouteSender>,
     pub bytes_out: IntCounter,
 }
 

@@ -1,8 +1,9 @@
-//! The media edge: one UDP socket, one str0m `Rtc` per client, and the
-//! conference core between them, driven by a single task on its own thread.
+//! The media edge: media workers, each a thread with one UDP socket, one
+//! str0m `Rtc` per client and the conference cores between them.
 //!
-//! Signalling talks to it through [`EdgeHandle`]; nothing else touches the
-//! sessions, so no locks are needed on the packet path.
+//! A conference lives on one worker ([`placement`]); signalling and the
+//! relay reach it through [`EdgeHandle`] and [`LinkRouter`]. Nothing else
+//! touches a worker's sessions, so no locks are needed on the packet path.
 
 mod answer;
 mod client;
@@ -10,12 +11,18 @@ mod driver;
 mod estimate;
 mod links;
 pub mod offer;
+mod placement;
+mod quotas;
+mod relay_routes;
 mod sources;
 mod stun;
+mod thread_cpu;
 pub mod udp;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::Poll;
 
 use str0m::change::SdpOffer;
 use thiserror::Error;
@@ -28,6 +35,10 @@ use crate::wire::Control;
 
 pub use driver::EdgeStats;
 use offer::OfferSummary;
+use placement::Placement;
+use quotas::Quotas;
+pub use relay_routes::{LinkRouter, Workers};
+use relay_routes::{RouteSender, RouteUpdate};
 
 /// A client asking to join a conference with its SDP offer.
 #[derive(Debug)]
@@ -65,7 +76,7 @@ pub enum LeaveOutcome {
 }
 
 /// Decides, from the session's userid, whether a leave request may end it.
-pub type LeaveCheck = Box<dyn FnOnce(&str) -> bool + Send>;
+pub type LeaveCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 #[derive(Debug, Error)]
 pub enum JoinError {
@@ -109,6 +120,7 @@ enum Command {
         peer_domain: String,
         connection: quinn::Connection,
         control: mpsc::Sender<Control>,
+        routes: RouteSender,
     },
     /// `connection` is the ended connection's `stable_id`: a link already
     /// replaced by a newer connection stays up.
@@ -124,115 +136,207 @@ enum Command {
         link: LinkId,
         message: Control,
     },
+    /// A peer's `attach` of conference `key`, placed on this worker (which
+    /// answers [`Placement::handled`]).
+    RelayAttach {
+        link: LinkId,
+        key: ConferenceKey,
+        message: Control,
+    },
 }
 
-/// The signalling side's handle on the media edge.
+/// The handle on the media edge: it finds the worker of each request.
 #[derive(Clone)]
 pub struct EdgeHandle {
-    commands: mpsc::Sender<Command>,
+    workers: Arc<[mpsc::Sender<Command>]>,
+    placement: Arc<Placement>,
+    quotas: Arc<Quotas>,
+    /// This SFT's domain: the anchor of the conferences peers attach.
+    domain: String,
+    /// Each worker's bound media address.
+    addrs: Arc<[SocketAddr]>,
 }
 
 impl EdgeHandle {
-    /// Joins a client; returns the SDP answer.
+    /// Joins a client on its conference's worker; returns the SDP answer.
     pub async fn join(&self, request: JoinRequest) -> Result<String, JoinError> {
+        self.quotas.admit(&request.owner)?;
+        let (key, owner) = (request.conference.clone(), request.owner.clone());
+        let worker = self.placement.reserve(&key);
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Join { request: Box::new(request), reply })
-            .await
-            .map_err(|_| JoinError::Stopped)?;
-        answer.await.map_err(|_| JoinError::Stopped)?
+        let sent = self.workers[worker].send(Command::Join { request: Box::new(request), reply }).await;
+        let result = match sent {
+            Ok(()) => answer.await.unwrap_or(Err(JoinError::Stopped)),
+            Err(_) => {
+                self.placement.handled(&key, false);
+                Err(JoinError::Stopped)
+            }
+        };
+        if result.is_err() {
+            self.quotas.ended(&owner, false);
+        }
+        result
     }
 
     /// Ends a session if `check` allows it for the session's userid.
     pub async fn leave(&self, conf_id: ConfId, sessid: String, check: LeaveCheck) -> LeaveOutcome {
-        let (reply, done) = oneshot::channel();
-        if self.commands.send(Command::Leave { conf_id, sessid, check, reply }).await.is_err() {
-            return LeaveOutcome::NoSuchSession;
+        for worker in self.placement.workers_of(&conf_id) {
+            let (reply, done) = oneshot::channel();
+            let leave =
+                Command::Leave { conf_id: conf_id.clone(), sessid: sessid.clone(), check: check.clone(), reply };
+            if self.workers[worker].send(leave).await.is_err() {
+                continue;
+            }
+            match done.await.unwrap_or(LeaveOutcome::NoSuchSession) {
+                LeaveOutcome::NoSuchSession => continue,
+                outcome => return outcome,
+            }
         }
-        done.await.unwrap_or(LeaveOutcome::NoSuchSession)
+        LeaveOutcome::NoSuchSession
     }
 
+    /// A relay link is up: every worker may send on it, and the returned
+    /// router hands what the peer sends to the right worker.
     pub(crate) async fn link_up(
         &self,
         link: LinkId,
         peer_domain: String,
         connection: quinn::Connection,
         control: mpsc::Sender<Control>,
-    ) {
-        let _ = self.commands.send(Command::LinkUp { link, peer_domain, connection, control }).await;
+    ) -> LinkRouter {
+        let (routes, updates) = mpsc::unbounded_channel::<RouteUpdate>();
+        for worker in self.workers.iter() {
+            let up = Command::LinkUp {
+                link,
+                peer_domain: peer_domain.clone(),
+                connection: connection.clone(),
+                control: control.clone(),
+                routes: routes.clone(),
+            };
+            let _ = worker.send(up).await;
+        }
+        LinkRouter::new(link, self.domain.clone(), self.workers.clone(), self.placement.clone(), updates)
     }
 
     pub(crate) async fn link_down(&self, link: LinkId, connection: usize) {
-        let _ = self.commands.send(Command::LinkDown { link, connection }).await;
-    }
-
-    pub(crate) async fn relay_datagram(&self, link: LinkId, datagram: bytes::Bytes) {
-        let _ = self.commands.send(Command::RelayDatagram { link, datagram }).await;
-    }
-
-    pub(crate) async fn relay_control(&self, link: LinkId, message: Control) {
-        let _ = self.commands.send(Command::RelayControl { link, message }).await;
+        self.broadcast(|| Command::LinkDown { link, connection }).await;
     }
 
     /// From now on, a relay attach of a conference this SFT does not have is
     /// refused (`draining`).
     pub async fn drain(&self) {
-        let _ = self.commands.send(Command::Drain).await;
-    }
-
-    /// Whether the media thread still runs. It ends only when the process
-    /// ends, or when it panicked: then media is gone for good.
-    pub fn is_running(&self) -> bool {
-        !self.commands.is_closed()
-    }
-
-    /// Resolves once the media thread has stopped.
-    pub async fn stopped(&self) {
-        self.commands.closed().await;
+        self.broadcast(|| Command::Drain).await;
     }
 
     /// Relay attaches may start conferences again (a drain was cancelled).
     pub async fn resume(&self) {
-        let _ = self.commands.send(Command::Resume).await;
+        self.broadcast(|| Command::Resume).await;
     }
 
+    /// Whether every media worker still runs. One ends only when the
+    /// process ends, or when it panicked: then its media is gone for good.
+    pub fn is_running(&self) -> bool {
+        self.workers.iter().all(|w| !w.is_closed())
+    }
+
+    /// Resolves once any media worker has stopped.
+    pub async fn stopped(&self) {
+        let mut closed: Vec<_> = self.workers.iter().map(|w| Box::pin(w.closed())).collect();
+        std::future::poll_fn(|cx| {
+            if closed.iter_mut().any(|c| c.as_mut().poll(cx).is_ready()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// What every worker holds, summed; `None` once one has stopped.
     pub async fn stats(&self) -> Option<EdgeStats> {
-        let (reply, stats) = oneshot::channel();
-        self.commands.send(Command::Stats { reply }).await.ok()?;
-        stats.await.ok()
+        let mut total = EdgeStats::default();
+        for worker in self.workers.iter() {
+            let (reply, stats) = oneshot::channel();
+            worker.send(Command::Stats { reply }).await.ok()?;
+            let stats = stats.await.ok()?;
+            total.participants += stats.participants;
+            total.remote_participants += stats.remote_participants;
+            total.conferences += stats.conferences;
+        }
+        Some(total)
+    }
+
+    /// The media address of each worker, worker 0 first.
+    pub fn media_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    async fn broadcast(&self, command: impl Fn() -> Command) {
+        for worker in self.workers.iter() {
+            let _ = worker.send(command()).await;
+        }
     }
 }
 
-/// The name of the thread the edge runs on.
+/// The name of the media worker threads (with `-N` for worker N).
 const MEDIA_THREAD: &str = "sft-media";
 
-/// Binds the media socket and starts the edge on a thread of its own.
-/// Returns its handle and the bound address.
+/// Binds every worker's media socket and starts each worker on a thread of
+/// its own. Returns the edge's handle.
 ///
-/// The packet path is one task on a single-threaded runtime: nothing else
-/// (TLS handshakes, HTTP, federation control) queues in front of a packet,
-/// and its CPU shows as one named thread (`top -H`). It stops once every
-/// [`EdgeHandle`] is gone.
-pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<(EdgeHandle, SocketAddr)> {
-    let std_socket = std::net::UdpSocket::bind(config.media.listen)?;
-    let bound = std_socket.local_addr()?;
-    let mut public_addr = config.media.public_addr;
-    if public_addr.port() == 0 {
-        public_addr.set_port(bound.port());
+/// A worker's packet path is one task on a single-threaded runtime: nothing
+/// else (TLS handshakes, HTTP, federation control) queues in front of a
+/// packet, and its CPU shows as one named thread (`sft-media-N` in
+/// `top -H`). A worker stops once every [`EdgeHandle`] is gone.
+pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<EdgeHandle> {
+    let count = config.media.workers;
+    let placement = Arc::new(Placement::new(count));
+    let quotas = Arc::new(Quotas::new(config.limits));
+    let (mut workers, mut addrs) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    // Bind every socket before starting any worker: a port in use fails the start cleanly.
+    let mut sockets = Vec::with_capacity(count);
+    for index in 0..count {
+        let mut listen = config.media.listen;
+        if listen.port() != 0 {
+            listen.set_port(listen.port() + index as u16);
+        }
+        let socket = std::net::UdpSocket::bind(listen).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("media worker {index} on {listen}: {e} (see media.workers)"))
+        })?;
+        addrs.push(socket.local_addr()?);
+        sockets.push(socket);
     }
-    // Every answer names this candidate; a bad address is the operator's to fix, at start.
-    let host_candidate = str0m::Candidate::host(public_addr, "udp").map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("media address {public_addr}: {e}"))
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let socket = {
-        let _entered = runtime.enter();
-        udp::MediaSocket::from_std(std_socket)?
-    };
-    let (commands, receiver) = mpsc::channel(4096);
-    let driver = driver::Driver::new(socket, public_addr, host_candidate, config, metrics);
-    std::thread::Builder::new().name(MEDIA_THREAD.into()).spawn(move || runtime.block_on(driver.run(receiver)))?;
-    Ok((EdgeHandle { commands }, bound))
+    for (index, std_socket) in sockets.into_iter().enumerate() {
+        let mut public_addr = config.media.public_addr;
+        public_addr.set_port(if public_addr.port() == 0 {
+            addrs[index].port()
+        } else {
+            public_addr.port() + index as u16
+        });
+        // Every answer names this candidate; a bad address is the operator's to fix, at start.
+        let host_candidate = str0m::Candidate::host(public_addr, "udp").map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("media address {public_addr}: {e}"))
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let socket = {
+            let _entered = runtime.enter();
+            udp::MediaSocket::from_std(std_socket)?
+        };
+        let (commands, receiver) = mpsc::channel(4096);
+        let shared = driver::Shared {
+            index,
+            workers: count,
+            placement: placement.clone(),
+            quotas: quotas.clone(),
+            metrics: metrics.clone(),
+        };
+        let driver = driver::Driver::new(socket, public_addr, host_candidate, config, shared);
+        std::thread::Builder::new()
+            .name(format!("{MEDIA_THREAD}-{index}"))
+            .spawn(move || runtime.block_on(driver.run(receiver)))?;
+        workers.push(commands);
+    }
+    Ok(EdgeHandle { workers: workers.into(), placement, quotas, domain: config.domain.clone(), addrs: addrs.into() })
 }
 
 #[cfg(test)]
@@ -244,10 +348,10 @@ mod tests {
         let listen = ["SFT_SIGNALLING__LISTEN", "SFT_MEDIA__LISTEN", "SFT_METRICS__LISTEN"]
             .map(|key| (key.to_string(), "\"127.0.0.1:0\"".to_string()));
         let config = Config::load(None, listen).unwrap();
-        let (edge, _) = start(&config, Arc::new(Metrics::new())).unwrap();
+        let edge = start(&config, Arc::new(Metrics::new())).unwrap();
         assert!(edge.is_running());
         assert!(edge.stats().await.is_some());
-        edge.commands.send(Command::InjectPanic).await.unwrap();
+        edge.workers[edge.workers.len() - 1].send(Command::InjectPanic).await.unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(10), edge.stopped()).await.expect("seen within 10 s");
         assert!(!edge.is_running());
         assert!(edge.stats().await.is_none());

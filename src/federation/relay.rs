@@ -32,6 +32,9 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(2);
 const SILENCE_CHECK: Duration = Duration::from_millis(250);
 /// Control messages queued for a link before new ones are dropped.
 pub const CONTROL_QUEUE: usize = 1024;
+/// Admitted control messages waiting to be routed to a worker; a full
+/// queue holds the reader back (and QUIC's flow control the peer).
+const ADMITTED_QUEUE: usize = 64;
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
@@ -169,7 +172,11 @@ pub async fn run_link(
     federation.metrics.federation_connection(&domain, inbound);
     federation.remember_connection(&domain, &connection);
     let replies = control_tx.clone();
-    federation.edge.link_up(link, domain.clone(), connection.clone(), control_tx).await;
+    let mut router = federation.edge.link_up(link, domain.clone(), connection.clone(), control_tx).await;
+    let workers = router.workers();
+    // Admitted control messages, from the stream reader to the task that
+    // routes (which owns the router, so datagrams need no lock to route).
+    let (admitted_tx, mut admitted) = mpsc::channel::<Control>(ADMITTED_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(message) = control_rx.recv().await {
             if send.write_all(&encode_control(&message)).await.is_err() {
@@ -192,7 +199,11 @@ pub async fn run_link(
                         tokio::time::sleep(wait).await;
                     }
                     match federation.admit_control(&domain, message, inbound) {
-                        Admission::Pass(message) => federation.edge.relay_control(link, message).await,
+                        Admission::Pass(message) => {
+                            if admitted_tx.send(message).await.is_err() {
+                                break;
+                            }
+                        }
                         Admission::Reply(answer) => {
                             let _ = replies.try_send(answer);
                         }
@@ -207,10 +218,25 @@ pub async fn run_link(
             }
         }
     };
-    let datagrams = async {
-        while let Ok(datagram) = connection.read_datagram().await {
-            bytes_in.inc_by(datagram.len() as u64);
-            federation.edge.relay_datagram(link, datagram).await;
+    // Both reads are cancel-safe: a datagram arriving drops nothing of a
+    // control message waiting, and the other way round.
+    let route = async {
+        loop {
+            tokio::select! {
+                datagram = connection.read_datagram() => {
+                    let Ok(datagram) = datagram else { break };
+                    bytes_in.inc_by(datagram.len() as u64);
+                    if let Some(delivery) = router.datagram(datagram) {
+                        delivery.send(&workers).await;
+                    }
+                }
+                message = admitted.recv() => {
+                    let Some(message) = message else { break };
+                    for delivery in router.control(message) {
+                        delivery.send(&workers).await;
+                    }
+                }
+            }
         }
     };
     let silence = async {
@@ -223,7 +249,7 @@ pub async fn run_link(
     };
     tokio::select! {
         _ = control => {}
-        _ = datagrams => {}
+        _ = route => {}
         _ = silence => {}
     }
     writer.abort();

@@ -259,7 +259,7 @@ async fn leave(
     let conf = conf_id.as_str().to_owned();
     // A session outlives the token it was set up with: ending it needs the
     // user's token, expired or not.
-    let check = Box::new(move |userid: &str| checker.authorize(&headers, &conf, userid, false).is_ok());
+    let check = Arc::new(move |userid: &str| checker.authorize(&headers, &conf, userid, false).is_ok());
     match state.edge.leave(conf_id, sessid, check).await {
         LeaveOutcome::Left => Ok(StatusCode::NO_CONTENT),
         LeaveOutcome::NoSuchSession => Err(ApiError::NotFound("no such session in this conference".into())),
