@@ -153,11 +153,20 @@ pub enum DropReason {
     MessageRate,
     /// The receiver has not negotiated the source's codec.
     NoCodec,
+    /// A relay frame whose media worker's queue was full.
+    WorkerBusy,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] =
-        [Self::Malformed, Self::UnknownSource, Self::Rejected, Self::BadMessage, Self::MessageRate, Self::NoCodec];
+    pub const ALL: [DropReason; 7] = [
+        Self::Malformed,
+        Self::UnknownSource,
+        Self::Rejected,
+        Self::BadMessage,
+        Self::MessageRate,
+        Self::NoCodec,
+        Self::WorkerBusy,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -167,6 +176,7 @@ impl DropReason {
             Self::BadMessage => "bad-message",
             Self::MessageRate => "message-rate",
             Self::NoCodec => "no-codec",
+            Self::WorkerBusy => "worker-busy",
         }
     }
 }

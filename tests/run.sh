@@ -29,4 +29,8 @@ fi
 tests/aiortc/setup-venv.sh target/aiortc-venv
 
 cargo test --locked "$@"
+# The media paths again with one media worker (the default is one per core;
+# tests/workers.rs covers two explicitly).
+SFT_MEDIA__WORKERS=1 cargo test --locked --test conference --test federation --test federation_restart \
+    --test signalling_limits "$@"
 cargo bench --locked --no-run

@@ -35,8 +35,8 @@ use crate::wire::Control;
 
 pub use driver::EdgeStats;
 use offer::OfferSummary;
-use placement::Placement;
-use quotas::Quotas;
+use placement::{Placement, Reservation};
+use quotas::{Admission, Quotas};
 pub use relay_routes::{LinkRouter, Workers};
 use relay_routes::{RouteSender, RouteUpdate};
 
@@ -97,6 +97,8 @@ enum Command {
     Join {
         // Boxed: a parsed offer is large, and every other command is small.
         request: Box<JoinRequest>,
+        admission: Admission,
+        reservation: Reservation,
         reply: oneshot::Sender<Result<String, JoinError>>,
     },
     Leave {
@@ -136,12 +138,12 @@ enum Command {
         link: LinkId,
         message: Control,
     },
-    /// A peer's `attach` of conference `key`, placed on this worker (which
-    /// answers [`Placement::handled`]).
+    /// A peer's `attach` of conference `key` as `channel`, placed on this worker.
     RelayAttach {
         link: LinkId,
+        channel: u32,
         key: ConferenceKey,
-        message: Control,
+        reservation: Reservation,
     },
 }
 
@@ -153,33 +155,33 @@ pub struct EdgeHandle {
     quotas: Arc<Quotas>,
     /// This SFT's domain: the anchor of the conferences peers attach.
     domain: String,
+    /// Conferences one relay link may carry (`federation.max_conferences_per_link`).
+    max_conferences_per_link: usize,
     /// Each worker's bound media address.
     addrs: Arc<[SocketAddr]>,
 }
 
 impl EdgeHandle {
     /// Joins a client on its conference's worker; returns the SDP answer.
+    ///
+    /// The quota place and the placement travel with the command: if it
+    /// never reaches the worker (the caller gave up, the worker stopped),
+    /// dropping them gives both back.
     pub async fn join(&self, request: JoinRequest) -> Result<String, JoinError> {
-        self.quotas.admit(&request.owner)?;
-        let (key, owner) = (request.conference.clone(), request.owner.clone());
-        let worker = self.placement.reserve(&key);
+        let admission = self.quotas.admit(&request.owner)?;
+        let reservation = self.placement.reserve(&request.conference);
+        let worker = reservation.worker();
         let (reply, answer) = oneshot::channel();
-        let sent = self.workers[worker].send(Command::Join { request: Box::new(request), reply }).await;
-        let result = match sent {
-            Ok(()) => answer.await.unwrap_or(Err(JoinError::Stopped)),
-            Err(_) => {
-                self.placement.handled(&key, false);
-                Err(JoinError::Stopped)
-            }
-        };
-        if result.is_err() {
-            self.quotas.ended(&owner, false);
-        }
-        result
+        let join = Command::Join { request: Box::new(request), admission, reservation, reply };
+        self.workers[worker].send(join).await.map_err(|_| JoinError::Stopped)?;
+        answer.await.unwrap_or(Err(JoinError::Stopped))
     }
 
-    /// Ends a session if `check` allows it for the session's userid.
+    /// Ends a session if `check` allows it for the session's userid. Two
+    /// conferences of one name (anchored at different domains) may live on
+    /// different workers, each with the `sessid`: every one is asked.
     pub async fn leave(&self, conf_id: ConfId, sessid: String, check: LeaveCheck) -> LeaveOutcome {
+        let mut outcome = LeaveOutcome::NoSuchSession;
         for worker in self.placement.workers_of(&conf_id) {
             let (reply, done) = oneshot::channel();
             let leave =
@@ -188,11 +190,12 @@ impl EdgeHandle {
                 continue;
             }
             match done.await.unwrap_or(LeaveOutcome::NoSuchSession) {
-                LeaveOutcome::NoSuchSession => continue,
-                outcome => return outcome,
+                LeaveOutcome::Left => return LeaveOutcome::Left,
+                LeaveOutcome::NotYours => outcome = LeaveOutcome::NotYours,
+                LeaveOutcome::NoSuchSession => {}
             }
         }
-        LeaveOutcome::NoSuchSession
+        outcome
     }
 
     /// A relay link is up: every worker may send on it, and the returned
@@ -215,7 +218,13 @@ impl EdgeHandle {
             };
             let _ = worker.send(up).await;
         }
-        LinkRouter::new(link, self.domain.clone(), self.workers.clone(), self.placement.clone(), updates)
+        let router = relay_routes::RouterConfig {
+            domain: self.domain.clone(),
+            max_conferences: self.max_conferences_per_link,
+            workers: self.workers.clone(),
+            placement: self.placement.clone(),
+        };
+        LinkRouter::new(link, router, updates)
     }
 
     pub(crate) async fn link_down(&self, link: LinkId, connection: usize) {
@@ -336,7 +345,14 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<EdgeHand
             .spawn(move || runtime.block_on(driver.run(receiver)))?;
         workers.push(commands);
     }
-    Ok(EdgeHandle { workers: workers.into(), placement, quotas, domain: config.domain.clone(), addrs: addrs.into() })
+    Ok(EdgeHandle {
+        workers: workers.into(),
+        placement,
+        quotas,
+        domain: config.domain.clone(),
+        max_conferences_per_link: config.federation.as_ref().map_or(usize::MAX, |f| f.max_conferences_per_link),
+        addrs: addrs.into(),
+    })
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 //!
 //! A SETUP takes its place before it reaches its worker, so two SETUPs on
 //! two workers cannot both take the last one; the worker reports when a
-//! session connects and when it ends. Touched a few times per session,
-//! never per packet.
+//! session connects and when it ends. A place not taken up by a session
+//! (the SETUP failed, or never reached its worker) is given back when its
+//! [`Admission`] drops. Touched a few times per session, never per packet.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::Limits;
 
@@ -35,7 +36,7 @@ impl Quotas {
 
     /// Takes a place for a new, not yet connected session of `owner`, or
     /// says which limit is reached.
-    pub fn admit(&self, owner: &Owner) -> Result<(), JoinError> {
+    pub fn admit(self: &Arc<Self>, owner: &Owner) -> Result<Admission, JoinError> {
         let mut counts = self.lock();
         let limits = &self.limits;
         if counts.sessions >= limits.max_participants {
@@ -60,7 +61,7 @@ impl Quotas {
         if let Some(token) = &owner.token {
             *counts.by_token.entry(token.clone()).or_default() += 1;
         }
-        Ok(())
+        Ok(Admission { quotas: self.clone(), owner: owner.clone(), kept: false })
     }
 
     /// A session of `owner` connected (ICE and DTLS).
@@ -69,8 +70,7 @@ impl Quotas {
         counts.stop_connecting(owner);
     }
 
-    /// A session of `owner` ended, or was never set up after
-    /// [`Quotas::admit`]; `connected` says whether it had connected.
+    /// A session of `owner` ended; `connected` says whether it had connected.
     pub fn ended(&self, owner: &Owner, connected: bool) {
         let mut counts = self.lock();
         if !connected {
@@ -85,6 +85,30 @@ impl Quotas {
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         // Every update is a few increments; a poisoned lock holds usable counts.
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A place taken for one session: the session keeps it
+/// ([`Admission::keep`], then [`Quotas::ended`] when it ends), or it is
+/// given back when this drops.
+pub struct Admission {
+    quotas: Arc<Quotas>,
+    owner: Owner,
+    kept: bool,
+}
+
+impl Admission {
+    /// The session was set up and holds the place from now on.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.quotas.ended(&self.owner, false);
+        }
     }
 }
 
@@ -131,22 +155,33 @@ mod tests {
 
     #[test]
     fn each_limit_holds_across_every_session_and_frees_as_sessions_move_on() {
-        let quotas = Quotas::new(limits());
-        quotas.admit(&owner(1, Some("t"))).unwrap();
-        assert!(matches!(quotas.admit(&owner(1, None)), Err(JoinError::OverQuota(_))), "one connecting per source");
-        quotas.admit(&owner(2, Some("t"))).unwrap();
-        assert!(matches!(quotas.admit(&owner(3, None)), Err(JoinError::AtCapacity(_))), "two connecting in all");
+        let quotas = Arc::new(Quotas::new(limits()));
+        let admit = |source, token| quotas.admit(&owner(source, token)).map(Admission::keep);
+        admit(1, Some("t")).unwrap();
+        assert!(matches!(admit(1, None), Err(JoinError::OverQuota(_))), "one connecting per source");
+        admit(2, Some("t")).unwrap();
+        assert!(matches!(admit(3, None), Err(JoinError::AtCapacity(_))), "two connecting in all");
         quotas.connected(&owner(1, Some("t")));
         quotas.connected(&owner(2, Some("t")));
-        assert!(matches!(quotas.admit(&owner(3, Some("t"))), Err(JoinError::OverQuota(_))), "two per token");
-        quotas.admit(&owner(3, None)).unwrap();
-        assert!(matches!(quotas.admit(&owner(4, None)), Err(JoinError::AtCapacity(_))), "three in all");
+        assert!(matches!(admit(3, Some("t")), Err(JoinError::OverQuota(_))), "two per token");
+        admit(3, None).unwrap();
+        assert!(matches!(admit(4, None), Err(JoinError::AtCapacity(_))), "three in all");
         quotas.ended(&owner(3, None), false);
         quotas.ended(&owner(1, Some("t")), true);
-        quotas.admit(&owner(1, Some("t"))).unwrap();
+        admit(1, Some("t")).unwrap();
         let counts = quotas.lock();
         assert_eq!((counts.sessions, counts.connecting), (2, 1));
         assert_eq!(counts.by_token.get("t"), Some(&2));
         assert_eq!(counts.connecting_by_source.len(), 1, "sources no longer connecting are forgotten");
+    }
+
+    #[test]
+    fn a_place_not_kept_is_given_back() {
+        let quotas = Arc::new(Quotas::new(limits()));
+        let admission = quotas.admit(&owner(1, Some("t"))).unwrap();
+        drop(admission);
+        let counts = quotas.lock();
+        assert_eq!((counts.sessions, counts.connecting), (0, 0));
+        assert!(counts.by_token.is_empty() && counts.connecting_by_source.is_empty());
     }
 }

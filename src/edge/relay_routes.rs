@@ -3,10 +3,16 @@
 //! A relay link carries many conferences, each on a channel, and each
 //! conference lives on one worker. The task reading a link holds a
 //! [`LinkRouter`]: its own map from channel to worker, so routing a
-//! datagram is one lookup in a map nobody else touches (no lock). Workers
-//! keep it current with [`RouteUpdate`]s as they put conferences on the
-//! link or take them off; an `attach` from the peer is routed (and the
-//! route set) here, through [`Placement`], before the worker sees it.
+//! datagram is one lookup in a map nobody else touches (no lock).
+//!
+//! Who names a link's channels decides their routes. On a link a peer
+//! dialled, the peer names them in its `attach`es: the router places each
+//! attached conference ([`Placement`]) and routes its channel before the
+//! worker sees the attach. On a link this SFT dialled, its workers name
+//! them (a federated conference's number) and tell the router with
+//! [`RouteUpdate`]s, before they send the `attach` that makes the peer use
+//! the channel. Either way a worker that lets a channel go says so, and the
+//! router drops the route only if it still points at that worker.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::core::ids::{ConfId, ConferenceKey, LinkId};
+use crate::metrics::Rejection;
 use crate::wire::{Control, MediaFrame};
 
 use super::placement::Placement;
@@ -32,13 +39,20 @@ pub enum RouteUpdate {
 /// The sending half, one clone per worker.
 pub type RouteSender = mpsc::UnboundedSender<RouteUpdate>;
 
+/// What every link's router shares.
+pub struct RouterConfig {
+    /// This SFT's domain: a peer attaches conferences anchored here.
+    pub domain: String,
+    /// Conferences one link may carry (`federation.max_conferences_per_link`).
+    pub max_conferences: usize,
+    pub workers: Arc<[mpsc::Sender<Command>]>,
+    pub placement: Arc<Placement>,
+}
+
 /// Routes what one link's peer sends to the workers.
 pub struct LinkRouter {
     link: LinkId,
-    /// This SFT's domain: a peer attaches conferences anchored here.
-    domain: String,
-    workers: Arc<[mpsc::Sender<Command>]>,
-    placement: Arc<Placement>,
+    config: RouterConfig,
     routes: HashMap<u32, usize>,
     updates: mpsc::UnboundedReceiver<RouteUpdate>,
 }
@@ -55,21 +69,33 @@ pub struct Delivery {
 pub struct Workers(Arc<[mpsc::Sender<Command>]>);
 
 impl Delivery {
+    /// Waits for room in the worker's queue (control messages).
     pub async fn send(self, workers: &Workers) {
         // A stopped worker drops it; the process is on its way out then.
         let _ = workers.0[self.worker].send(self.command).await;
     }
+
+    /// Hands it over if the worker's queue has room; `false` if it was
+    /// dropped (media: one busy worker must not hold up the link's others).
+    pub fn try_send(self, workers: &Workers) -> bool {
+        workers.0[self.worker].try_send(self.command).is_ok()
+    }
+}
+
+/// What a control message from the peer comes to.
+pub struct Routing {
+    pub deliveries: Vec<Delivery>,
+    /// The answer to an `attach` refused here, and why.
+    pub refused: Option<(Control, Rejection)>,
 }
 
 impl LinkRouter {
-    pub(super) fn new(
-        link: LinkId,
-        domain: String,
-        workers: Arc<[mpsc::Sender<Command>]>,
-        placement: Arc<Placement>,
-        updates: mpsc::UnboundedReceiver<RouteUpdate>,
-    ) -> Self {
-        Self { link, domain, workers, placement, routes: HashMap::new(), updates }
+    pub(super) fn new(link: LinkId, config: RouterConfig, updates: mpsc::UnboundedReceiver<RouteUpdate>) -> Self {
+        Self { link, config, routes: HashMap::new(), updates }
+    }
+
+    pub fn workers(&self) -> Workers {
+        Workers(self.config.workers.clone())
     }
 
     /// Where a relay datagram goes; `None` drops it (an unknown channel,
@@ -77,41 +103,45 @@ impl LinkRouter {
     pub fn datagram(&mut self, datagram: Bytes) -> Option<Delivery> {
         self.apply_updates();
         let worker = *self.routes.get(&MediaFrame::peek_channel(&datagram)?)?;
-        Some(self.deliver(worker, Command::RelayDatagram { link: self.link, datagram }))
+        Some(Delivery { worker, command: Command::RelayDatagram { link: self.link, datagram } })
     }
 
     /// Where a control message goes: an `attach` to the worker its
     /// conference lives on (placing it if new), the rest to their channel's.
-    /// An `attach` that moves a channel to another worker also detaches
-    /// the conference the channel carried there.
-    pub fn control(&mut self, message: Control) -> Vec<Delivery> {
+    pub fn control(&mut self, message: Control) -> Routing {
         self.apply_updates();
         let link = self.link;
+        let mut routing = Routing { deliveries: Vec::new(), refused: None };
         if let Control::Attach { channel, conf_id, .. } = &message {
-            let Ok(conf_id) = ConfId::parse(conf_id) else { return Vec::new() };
+            let Ok(conf_id) = ConfId::parse(conf_id) else { return routing };
             let channel = *channel;
-            let key = ConferenceKey { anchor_domain: self.domain.clone(), conf_id };
-            let worker = self.placement.reserve(&key);
-            let mut deliveries = Vec::with_capacity(2);
-            if let Some(previous) = self.routes.insert(channel, worker).filter(|w| *w != worker) {
-                let detach = Command::RelayControl { link, message: Control::Detach { channel } };
-                deliveries.push(self.deliver(previous, detach));
+            if !self.routes.contains_key(&channel) && self.routes.len() >= self.config.max_conferences {
+                let rejection = Rejection::ConferenceCapacity;
+                routing.refused = Some((Control::Refused { channel, reason: rejection.label().into() }, rejection));
+                return routing;
             }
-            deliveries.push(self.deliver(worker, Command::RelayAttach { link, key, message }));
-            return deliveries;
+            let key = ConferenceKey { anchor_domain: self.config.domain.clone(), conf_id };
+            let reservation = self.config.placement.reserve(&key);
+            let worker = reservation.worker();
+            // Whichever worker had this channel (a peer that restarted
+            // numbers its channels afresh) lets it go; a new connection's
+            // router does not know which one that was, so it asks them all.
+            let previous: Vec<usize> = match self.routes.insert(channel, worker) {
+                Some(previous) => vec![previous],
+                None => (0..self.config.workers.len()).collect(),
+            };
+            for other in previous.into_iter().filter(|w| *w != worker) {
+                let detach = Command::RelayControl { link, message: Control::Detach { channel } };
+                routing.deliveries.push(Delivery { worker: other, command: detach });
+            }
+            let attach = Command::RelayAttach { link, channel, key, reservation };
+            routing.deliveries.push(Delivery { worker, command: attach });
+            return routing;
         }
-        let Some(worker) = message.channel().and_then(|channel| self.routes.get(&channel).copied()) else {
-            return Vec::new();
-        };
-        vec![self.deliver(worker, Command::RelayControl { link, message })]
-    }
-
-    fn deliver(&self, worker: usize, command: Command) -> Delivery {
-        Delivery { worker, command }
-    }
-
-    pub fn workers(&self) -> Workers {
-        Workers(self.workers.clone())
+        if let Some(worker) = message.channel().and_then(|channel| self.routes.get(&channel).copied()) {
+            routing.deliveries.push(Delivery { worker, command: Command::RelayControl { link, message } });
+        }
+        routing
     }
 
     fn apply_updates(&mut self) {
@@ -129,5 +159,95 @@ impl LinkRouter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(workers: usize, max_conferences: usize) -> (LinkRouter, mpsc::UnboundedSender<RouteUpdate>) {
+        let senders: Vec<mpsc::Sender<Command>> = (0..workers).map(|_| mpsc::channel(8).0).collect();
+        let (updates_tx, updates) = mpsc::unbounded_channel();
+        let config = RouterConfig {
+            domain: "a.example".into(),
+            max_conferences,
+            workers: senders.into(),
+            placement: Arc::new(Placement::new(workers)),
+        };
+        (LinkRouter::new(LinkId(1), config, updates), updates_tx)
+    }
+
+    fn attach(channel: u32, conf: &str) -> Control {
+        Control::Attach { channel, conf_id: conf.into(), relay_token: String::new() }
+    }
+
+    /// (worker, what) for each delivery: "attach", "detach" or "other".
+    fn summary(routing: &Routing) -> Vec<(usize, &'static str)> {
+        let what = |command: &Command| match command {
+            Command::RelayAttach { .. } => "attach",
+            Command::RelayControl { message: Control::Detach { .. }, .. } => "detach",
+            _ => "other",
+        };
+        routing.deliveries.iter().map(|d| (d.worker, what(&d.command))).collect()
+    }
+
+    fn frame(channel: u32) -> Bytes {
+        let mut datagram = vec![0x01, 0];
+        datagram.extend_from_slice(&channel.to_be_bytes());
+        Bytes::from(datagram)
+    }
+
+    fn datagram_worker(router: &mut LinkRouter, channel: u32) -> Option<usize> {
+        router.datagram(frame(channel)).map(|d| d.worker)
+    }
+
+    #[test]
+    fn attaches_place_conferences_and_route_their_channels() {
+        let (mut router, _updates) = router(2, usize::MAX);
+        let first = router.control(attach(5, "x"));
+        // A channel new to this connection: any other worker that had it lets go.
+        assert_eq!(summary(&first), vec![(1, "detach"), (0, "attach")]);
+        let second = router.control(attach(6, "y"));
+        assert_eq!(summary(&second), vec![(0, "detach"), (1, "attach")], "the idle worker takes the new conference");
+        assert_eq!(datagram_worker(&mut router, 5), Some(0));
+        assert_eq!(datagram_worker(&mut router, 6), Some(1));
+        assert_eq!(datagram_worker(&mut router, 7), None, "an unknown channel is dropped");
+        let roster = Control::Roster { channel: 6, participants: Vec::new() };
+        assert_eq!(summary(&router.control(roster)), vec![(1, "other")]);
+    }
+
+    #[test]
+    fn a_channel_reused_for_a_conference_on_another_worker_detaches_the_old_one() {
+        let (mut router, _updates) = router(2, usize::MAX);
+        let _x = router.control(attach(5, "x"));
+        let _y = router.control(attach(6, "y"));
+        // The peer restarted and now names channel 5 for conference y.
+        let moved = router.control(attach(5, "y"));
+        assert_eq!(summary(&moved), vec![(0, "detach"), (1, "attach")]);
+        assert_eq!(datagram_worker(&mut router, 5), Some(1));
+    }
+
+    #[test]
+    fn only_the_worker_a_channel_is_routed_to_can_take_the_route_away() {
+        let (mut router, updates) = router(2, usize::MAX);
+        updates.send(RouteUpdate::Route { channel: 9, worker: 1 }).unwrap();
+        assert_eq!(datagram_worker(&mut router, 9), Some(1));
+        updates.send(RouteUpdate::Unroute { channel: 9, worker: 0 }).unwrap();
+        assert_eq!(datagram_worker(&mut router, 9), Some(1), "worker 0 no longer owns it");
+        updates.send(RouteUpdate::Unroute { channel: 9, worker: 1 }).unwrap();
+        assert_eq!(datagram_worker(&mut router, 9), None);
+    }
+
+    #[test]
+    fn attaches_beyond_the_links_conference_cap_are_refused_across_workers() {
+        let (mut router, _updates) = router(2, 1);
+        let _x = router.control(attach(1, "x"));
+        let refused = router.control(attach(2, "y"));
+        assert!(refused.deliveries.is_empty());
+        assert!(matches!(refused.refused, Some((Control::Refused { channel: 2, .. }, Rejection::ConferenceCapacity))));
+        let again = router.control(attach(1, "x"));
+        assert!(again.refused.is_none(), "a re-attach adds nothing to the count");
+        assert!(router.control(attach(3, "bad id with spaces")).deliveries.is_empty());
     }
 }

@@ -15,6 +15,7 @@ use super::trust::{Rejection, Trust};
 use super::{Admission, Federation};
 use crate::core::ids::LinkId;
 use crate::core::pacing::Pacer;
+use crate::metrics::DropReason;
 use crate::tls::TlsError;
 use crate::wire::{self, encode_control, Control, ALPN, MAX_CONTROL_FRAME};
 
@@ -185,6 +186,8 @@ pub async fn run_link(
         }
     });
     let bytes_in = federation.metrics.relay_bytes(&domain, "in");
+    // Ends when the peer's control stream does; dropping `admitted_tx`
+    // then lets the router finish what was admitted before the link ends.
     let control = async {
         let mut pacer = Pacer::new(federation.max_control_rate, federation.max_control_rate);
         loop {
@@ -217,6 +220,7 @@ pub async fn run_link(
                 }
             }
         }
+        drop(admitted_tx);
     };
     // Both reads are cancel-safe: a datagram arriving drops nothing of a
     // control message waiting, and the other way round.
@@ -226,13 +230,21 @@ pub async fn run_link(
                 datagram = connection.read_datagram() => {
                     let Ok(datagram) = datagram else { break };
                     bytes_in.inc_by(datagram.len() as u64);
-                    if let Some(delivery) = router.datagram(datagram) {
-                        delivery.send(&workers).await;
+                    // Media is lossy: a worker with a full queue loses this
+                    // frame rather than hold up the link's other workers.
+                    if router.datagram(datagram).is_some_and(|delivery| !delivery.try_send(&workers)) {
+                        federation.metrics.dropped(DropReason::WorkerBusy);
                     }
                 }
                 message = admitted.recv() => {
                     let Some(message) = message else { break };
-                    for delivery in router.control(message) {
+                    let routing = router.control(message);
+                    if let Some((answer, rejection)) = routing.refused {
+                        federation.metrics.federation_rejected(rejection.label());
+                        tracing::info!(peer = %domain, %link, reason = rejection.label(), "relay attach refused");
+                        let _ = replies.try_send(answer);
+                    }
+                    for delivery in routing.deliveries {
                         delivery.send(&workers).await;
                     }
                 }
@@ -248,8 +260,7 @@ pub async fn run_link(
         tracing::info!(peer = %domain, %link, "relay link silent for {SILENCE_LIMIT:?}: dialling anew");
     };
     tokio::select! {
-        _ = control => {}
-        _ = route => {}
+        _ = async { tokio::join!(control, route) } => {}
         _ = silence => {}
     }
     writer.abort();

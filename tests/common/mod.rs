@@ -72,7 +72,9 @@ impl TestSft {
             ("SFT_METRICS__LISTEN", "127.0.0.1:0"),
         ]
         .map(|(key, addr)| (key.to_string(), format!("\"{addr}\"")));
-        let config = Config::load(Some(&path), listen).expect("test config is valid");
+        // tests/run.sh runs some suites again with one media worker.
+        let workers = std::env::var("SFT_MEDIA__WORKERS").ok().map(|n| ("SFT_MEDIA__WORKERS".to_string(), n));
+        let config = Config::load(Some(&path), listen.into_iter().chain(workers)).expect("test config is valid");
         std::fs::remove_file(&path).unwrap();
         let server = Server::start(&config).await.expect("SFT starts");
         Self { server }
