@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::{first_number, process_cpu_ns, SftProcess, SETUP_TIMEOUT};
 use sft::edge::udp::{Datagram, MediaSocket};
-use str0m_client::{connect_all, vp8_keyframe, Str0mClient};
+use str0m_client::{connect_all, vp8_keyframe, Publishing, Str0mClient};
 
 /// Input packets per second from the one publisher.
 const RATES: [u32; 2] = [1000, 5000];
@@ -47,7 +47,11 @@ fn thread_cpu_ns() -> u64 {
 /// CPU nanoseconds the SFT spent per packet it sent to `receivers` clients,
 /// and how many it sent, at each of `RATES`.
 fn measure_sft(receivers: usize) -> Vec<(f64, u64)> {
-    let sft = SftProcess::start();
+    // The receivers count packets without decrypting them, so they send no
+    // transport-cc feedback: an estimate would hold them at its starting
+    // rate. Forward without one (its cost is measured on its own, see
+    // docs/performance.md, "The cost of bandwidth estimation").
+    let sft = SftProcess::start_with(&[("SFT_MEDIA__BANDWIDTH_ESTIMATION", "false")]);
     let conf = format!("bench-{receivers}");
     let http = reqwest::blocking::Client::new();
     let join = |name: &str, publish| Str0mClient::join(&http, sft.signalling, &conf, name, publish);
@@ -55,22 +59,10 @@ fn measure_sft(receivers: usize) -> Vec<(f64, u64)> {
     clients.push(join("publisher", true));
     let mut buffer = vec![0u8; 2048];
     connect_all(&mut clients, &mut buffer, SETUP_TIMEOUT);
-    let payload = vp8_keyframe(FRAME_BYTES);
-    let mut frame = 0;
+    let mut publishing = Publishing::new(vec![receivers], RATES[0], vp8_keyframe(FRAME_BYTES));
     let mut run = |rate: u32, duration: Duration, clients: &mut Vec<Str0mClient>| {
-        let interval = Duration::from_secs(1) / rate;
-        let start = Instant::now();
-        let mut next_send = start;
-        while start.elapsed() < duration {
-            let now = Instant::now();
-            while next_send <= now {
-                frame += 1;
-                clients.last_mut().unwrap().publish(now, frame, &payload);
-                next_send += interval;
-            }
-            clients.iter_mut().for_each(|c| c.drive(now, &mut buffer));
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        publishing.rate = rate;
+        publishing.run(clients, duration);
     };
     RATES
         .iter()

@@ -16,7 +16,7 @@ mod str0m_client;
 use std::time::{Duration, Instant};
 
 use common::{process_cpu_ns, SftProcess, SETUP_TIMEOUT};
-use str0m_client::{connect_all, vp8_keyframe, Str0mClient};
+use str0m_client::{connect_all, vp8_keyframe, Publishing, Str0mClient};
 
 const CONFERENCES: usize = 2;
 const RECEIVERS: usize = 12;
@@ -47,26 +47,9 @@ fn measure(workers: usize) -> Measurement {
     }
     let mut buffer = vec![0u8; 2048];
     connect_all(&mut clients, &mut buffer, SETUP_TIMEOUT);
-    let payload = vp8_keyframe(FRAME_BYTES);
     let publishers: Vec<usize> = (0..CONFERENCES).map(|c| c * (RECEIVERS + 1) + RECEIVERS).collect();
-    let mut frame = 0;
-    let mut run = |duration: Duration, clients: &mut Vec<Str0mClient>| {
-        let interval = Duration::from_secs(1) / RATE;
-        let start = Instant::now();
-        let mut next_send = start;
-        while start.elapsed() < duration {
-            let now = Instant::now();
-            while next_send <= now {
-                frame += 1;
-                for &p in &publishers {
-                    clients[p].publish(now, frame, &payload);
-                }
-                next_send += interval;
-            }
-            clients.iter_mut().for_each(|c| c.drive(now, &mut buffer));
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    };
+    let mut publishing = Publishing::new(publishers.clone(), RATE, vp8_keyframe(FRAME_BYTES));
+    let mut run = |duration: Duration, clients: &mut Vec<Str0mClient>| publishing.run(clients, duration);
     let received = |clients: &[Str0mClient]| -> u64 {
         clients.iter().enumerate().filter(|(i, _)| !publishers.contains(i)).map(|(_, c)| c.packets).sum()
     };

@@ -146,6 +146,43 @@ pub fn connect_all(clients: &mut [Str0mClient], buffer: &mut [u8], limit: Durati
     }
 }
 
+/// Frames sent at a steady rate by some of the clients while all of them
+/// are driven: the benches' load.
+pub struct Publishing {
+    /// Indexes of the publishing clients.
+    pub publishers: Vec<usize>,
+    /// Frames (one packet each) a second from every publisher.
+    pub rate: u32,
+    pub payload: Arc<[u8]>,
+    frame: u64,
+    buffer: Vec<u8>,
+}
+
+impl Publishing {
+    pub fn new(publishers: Vec<usize>, rate: u32, payload: Arc<[u8]>) -> Self {
+        Self { publishers, rate, payload, frame: 0, buffer: vec![0; 2048] }
+    }
+
+    /// Publishes and drives `clients` for `duration`.
+    pub fn run(&mut self, clients: &mut [Str0mClient], duration: Duration) {
+        let interval = Duration::from_secs(1) / self.rate;
+        let start = Instant::now();
+        let mut next_send = start;
+        while start.elapsed() < duration {
+            let now = Instant::now();
+            while next_send <= now {
+                self.frame += 1;
+                for &p in &self.publishers {
+                    clients[p].publish(now, self.frame, &self.payload);
+                }
+                next_send += interval;
+            }
+            clients.iter_mut().for_each(|c| c.drive(now, &mut self.buffer));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
 /// RTP rather than RTCP, STUN or DTLS (RFC 7983 and RFC 5761 demultiplexing).
 fn is_srtp(datagram: &[u8]) -> bool {
     matches!(datagram, [128..=191, second, ..] if !(192..=223).contains(second))

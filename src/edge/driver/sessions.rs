@@ -125,7 +125,9 @@ impl Driver {
             });
             match received {
                 Ok(0) => break,
-                Ok(_) => self.settle(),
+                // Settled once per wake-up (by `run`), not per batch: each
+                // receiver is ticked and polled once for all it was sent.
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!("media socket receive failed: {e}");
                     break;
