@@ -146,9 +146,10 @@ async fn setup(http: &reqwest::Client, plan: &PeerPlan, sdp: &str) -> Result<Str
     let body = setup_body(&sessid, &plan.userid, &clientid, sdp, plan.anchor_domain.as_deref());
     let url = format!("{}/sft/{}", plan.sft.trim_end_matches('/'), plan.conf_id);
     let fail = |why: String| LoadError::Join(plan.userid.clone(), why);
-    let response = http.post(&url).json(&body).send().await.map_err(|e| fail(format!("{url}: {e}")))?;
+    let response =
+        http.post(&url).json(&body).send().await.map_err(|e| fail(format!("{url}: {}", super::with_causes(&e))))?;
     let status = response.status();
-    let answer: Value = response.json().await.map_err(|e| fail(format!("{url}: {e}")))?;
+    let answer: Value = response.json().await.map_err(|e| fail(format!("{url}: {}", super::with_causes(&e))))?;
     if !status.is_success() {
         return Err(fail(format!("{url}: {status} {answer}")));
     }

@@ -232,7 +232,13 @@ impl Report {
                     self.packets_received + self.packets_lost
                 ),
             ),
-            ("heard all their slots hold", format!("{} / {} peers", self.peers_fully_served, self.joined)),
+            (
+                "heard every sender",
+                format!(
+                    "{} of {} peers (every participant their slots have room for)",
+                    self.peers_fully_served, self.joined
+                ),
+            ),
         ];
         for (name, value) in rows {
             let _ = writeln!(out, "  {name:<24} {value}");

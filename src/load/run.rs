@@ -191,8 +191,14 @@ pub async fn run(plan: &LoadPlan, mut on_progress: impl FnMut(&Progress)) -> Res
     }
     let mut last = start_totals.iter().map(|t| t.bytes).sum::<u64>();
     let mut layers = LayerTimeline::new(&peers);
-    while started.elapsed() < plan.duration {
-        ticks.tick().await;
+    // The window ends on time, not at the first progress tick after it
+    // (ticks keep the phase they had during the joins).
+    let end = tokio::time::Instant::from_std(started + plan.duration);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = tokio::time::sleep_until(end) => break,
+        }
         layers.sample(&peers);
         let bytes: u64 = peers.iter().map(|p| p.stats.lock().expect("stats lock").totals().bytes).sum();
         progress.measured = started.elapsed().min(plan.duration);

@@ -28,10 +28,10 @@ impl Probe {
                     .send()
                     .await
                     .and_then(|r| r.error_for_status())
-                    .map_err(|e| format!("{url}: {e}"))?
+                    .map_err(|e| format!("{url}: {}", super::with_causes(&e)))?
                     .text()
                     .await
-                    .map_err(|e| format!("{url}: {e}"))?;
+                    .map_err(|e| format!("{url}: {}", super::with_causes(&e)))?;
                 let value = |name: &str| sample(&text, name).ok_or_else(|| format!("{url}: no {name}"));
                 Ok(Usage {
                     cpu_seconds: value("process_cpu_seconds_total")?,
