@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{first_number, process_cpu_ns, SftProcess, SETUP_TIMEOUT};
+use common::{process_cpu_ns, SftProcess, SETUP_TIMEOUT};
 use sft::edge::udp::{Datagram, MediaSocket};
 use str0m_client::{connect_all, vp8_keyframe, Publishing, Str0mClient};
 
@@ -41,7 +41,7 @@ const RECEIVER_COUNTS: [usize; 2] = [4, 16];
 const REPEATS: usize = 3;
 
 fn thread_cpu_ns() -> u64 {
-    first_number(&std::fs::read_to_string("/proc/thread-self/schedstat").expect("/proc is readable"))
+    sft::process::thread_cpu_nanos().expect("/proc/thread-self/schedstat is readable")
 }
 
 /// CPU nanoseconds the SFT spent per packet it sent to `receivers` clients,

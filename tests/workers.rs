@@ -16,16 +16,6 @@ fn candidate_port(answer: &str) -> u16 {
     line.split_whitespace().nth(5).unwrap().parse().unwrap()
 }
 
-async fn wait_for_metric(sft: &TestSft, series: &str, what: &str, accept: impl Fn(f64) -> bool) {
-    for _ in 0..200 {
-        if accept(sft.metric(series).await) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{series} never {what}: {}", sft.metric(series).await);
-}
-
 /// Both peers of each pair hear each other.
 async fn wait_for_audio(pairs: &[(&Peer, &Peer)]) {
     for (peer, other) in pairs {
@@ -59,7 +49,7 @@ async fn conferences_spread_over_the_workers_each_on_its_own_port() {
         assert_eq!(sft.metric(&series("sft_worker_sessions")).await, 2.0, "worker {worker}");
         assert_eq!(sft.metric(&series("sft_worker_conferences")).await, 1.0, "worker {worker}");
         assert!(sft.metric(&series("sft_worker_packets_forwarded_total")).await > 0.0, "worker {worker}");
-        wait_for_metric(&sft, &series("sft_worker_cpu_seconds_total"), "grew", |s| s > 0.0).await;
+        sft.wait_for_metric(&series("sft_worker_cpu_seconds_total"), "its CPU time to grow", |s| s > 0.0).await;
     }
     assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 4.0, "the workers' sum");
     assert_eq!(sft.metric("sft_conferences").await, 2.0);
@@ -67,8 +57,8 @@ async fn conferences_spread_over_the_workers_each_on_its_own_port() {
     // Conference one ends; worker 0 is the least loaded again.
     a1.close().await;
     a2.close().await;
-    wait_for_metric(&sft, "sft_worker_sessions{worker=\"0\"}", "fell to 0", |s| s == 0.0).await;
-    wait_for_metric(&sft, "sft_conferences", "fell to 1", |c| c == 1.0).await;
+    sft.wait_for_metric("sft_worker_sessions{worker=\"0\"}", "worker 0 to empty", |s| s == 0.0).await;
+    sft.wait_for_metric("sft_conferences", "one conference left", |c| c == 1.0).await;
     let c1 = Peer::join(&sft, audio_only("three", "c1", 5)).await;
     assert_eq!(candidate_port(&c1.answer_sdp), ports[0]);
     assert_eq!(sft.metric("sft_participants{role=\"local\"}").await, 3.0);
@@ -117,7 +107,7 @@ async fn federated_conferences_on_different_workers_share_one_link() {
 
     // b's participant of f2 leaves: only f2 detaches, f1 keeps flowing.
     b2.close().await;
-    wait_for_metric(&a, "sft_participants{role=\"remote\"}", "fell to 1", |r| r == 1.0).await;
+    a.wait_for_metric("sft_participants{role=\"remote\"}", "one remote participant left", |r| r == 1.0).await;
     let heard = a1.heard(3);
     wait_for("a1 to keep hearing b1", || a1.heard(3) > heard + 20).await;
 }

@@ -16,7 +16,6 @@ mod quotas;
 mod relay_routes;
 mod sources;
 mod stun;
-mod thread_cpu;
 pub mod udp;
 
 use std::future::Future;

@@ -226,8 +226,9 @@ fn check_setup(setup: &SetupRequest, min_sessid_chars: usize) -> Result<(), ApiE
         return bad(format!("props.type must be \"offer\", not {:?}", setup.props.kind));
     }
     let sessid_chars = setup.sessid.chars().count();
-    if sessid_chars < min_sessid_chars.max(1) || sessid_chars > MAX_SESSID_CHARS {
-        return bad(format!("sessid must be {} to {MAX_SESSID_CHARS} characters", min_sessid_chars.max(1)));
+    let shortest = min_sessid_chars.max(1);
+    if sessid_chars < shortest || sessid_chars > MAX_SESSID_CHARS {
+        return bad(format!("sessid must be {shortest} to {MAX_SESSID_CHARS} characters"));
     }
     for (field, value) in [("src_userid", &setup.src_userid), ("src_clientid", &setup.src_clientid)] {
         if value.is_empty() || value.chars().count() > MAX_ID_CHARS {

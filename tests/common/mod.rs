@@ -88,6 +88,20 @@ impl TestSft {
     pub async fn metric(&self, series: &str) -> f64 {
         metric_at(self.server.metrics_addr, series).await
     }
+
+    /// Polls `series` every 100 ms until `accept` holds; panics after
+    /// [`TIMEOUT`], saying `what` was awaited and the last value.
+    pub async fn wait_for_metric(&self, series: &str, what: &str, accept: impl Fn(f64) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let value = self.metric(series).await;
+            if accept(value) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {series} is {value}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Where a peer sends its SETUP: an in-process SFT or a child process.

@@ -30,6 +30,7 @@ use crate::core::messages::ClientMessage;
 use crate::core::relay_demand::RelayMode;
 use crate::core::roster_policy::{self, RosterSource};
 use crate::metrics::{DropReason, Metrics, Rejection, WorkerMetrics};
+use crate::process::ThreadCpu;
 use crate::wire::{Control, MediaFrame};
 
 use super::answer::{self, Estimation};
@@ -41,7 +42,6 @@ use super::placement::Placement;
 use super::quotas::Quotas;
 use super::relay_routes::RouteUpdate;
 use super::sources::Sources;
-use super::thread_cpu::ThreadCpu;
 use super::udp::{Datagram, MediaSocket};
 use super::{Command, JoinError, JoinRequest, LeaveOutcome};
 
