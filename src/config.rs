@@ -91,6 +91,7 @@ struct RawFederation {
     via_federator: Option<String>,
     relay_secret: Option<String>,
     link_timeout: f64,
+    link_linger: f64,
     relay: String,
     max_conferences_per_link: usize,
     max_control_rate: u32,
@@ -135,6 +136,8 @@ pub struct FederationConfig {
     pub relay_secret: Option<String>,
     /// How long a peer's participants stay after its relay link dropped.
     pub link_timeout: Duration,
+    /// How long a relay link to an anchor stays once no conference uses it.
+    pub link_linger: Duration,
     /// Whether relay links bring every stream or what this SFT's clients use.
     pub relay: RelayMode,
     /// Conferences one peer's relay link may attach here.
@@ -605,6 +608,12 @@ impl RawFederation {
                 why: "must be more than 0 and at most 3600 seconds".into(),
             });
         }
+        if !(self.link_linger.is_finite() && self.link_linger > 0.0 && self.link_linger <= 86_400.0) {
+            return Err(ConfigError::Invalid {
+                key: "federation.link_linger",
+                why: "must be more than 0 and at most 86400 seconds".into(),
+            });
+        }
         if self.max_conferences_per_link == 0 {
             return Err(ConfigError::Invalid {
                 key: "federation.max_conferences_per_link",
@@ -649,6 +658,7 @@ impl RawFederation {
             via_federator: self.via_federator.map(|u| u.trim_end_matches('/').to_owned()),
             relay_secret: self.relay_secret,
             link_timeout: Duration::from_secs_f64(self.link_timeout),
+            link_linger: Duration::from_secs_f64(self.link_linger),
             relay,
             max_conferences_per_link: self.max_conferences_per_link,
             max_control_rate: self.max_control_rate,

@@ -7,7 +7,7 @@ mod common;
 use common::fed::{free_udp_port, on, peers_table, Certs};
 use common::ivf::width_of;
 use common::process::SftProcess;
-use common::{wait_for, Peer, PeerOptions, TestSft, Video};
+use common::{wait_for, Peer, PeerOptions, Signalling, TestSft, Video};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -301,4 +301,39 @@ async fn relayed_while_watching_h_then_l(mode: &str) -> (f64, f64) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     (watching_h, watching_l)
+}
+
+/// A link b dialled is closed once no conference has used it for
+/// `link_linger`, and dialled again when a client needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_no_conference_uses_is_closed_after_its_linger_and_dialled_again_when_needed() {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;
+    let to_a = format!("link_linger = 1\n{}", peers_table(&[("a.example", &a)]));
+    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &to_a)).await;
+    let listener =
+        |user: &str, marker: u8| PeerOptions { video: Video::None, ..on("b.example", "linger", user, marker) };
+    let a1 = Peer::join(&a, PeerOptions { video: Video::None, ..on("a.example", "linger", "a1", 1) }).await;
+    let b1 = Peer::join(&b, listener("b1", 2)).await;
+    wait_for("b1 to hear a1", || b1.heard(1) > 10).await;
+
+    // b1 leaves: the conference ends on b and nothing uses the link.
+    let http = reqwest::Client::new();
+    let left = http.delete(b.url(&format!("/sft/linger/{}", b1.sessid))).send().await.unwrap();
+    assert_eq!(left.status(), 204);
+    b1.stop_publishing();
+    let (b_up, a_up) = (
+        "sft_federation_links{peer_domain=\"a.example\",state=\"up\"}",
+        "sft_federation_links{peer_domain=\"b.example\",state=\"up\"}",
+    );
+    b.wait_for_metric(b_up, "b to close the unused link", |v| v == 0.0).await;
+    a.wait_for_metric(a_up, "a to see the link closed", |v| v == 0.0).await;
+    let dialled = "sft_federation_connections_total{direction=\"out\",peer_domain=\"a.example\"}";
+    assert_eq!(b.metric(dialled).await, 1.0);
+
+    // A new client of the conference: b dials again.
+    let b2 = Peer::join(&b, listener("b2", 3)).await;
+    wait_for("b2 to hear a1", || b2.heard(1) > 10).await;
+    wait_for("a1 to hear b2", || a1.heard(3) > 10).await;
+    assert_eq!(b.metric(dialled).await, 2.0, "a second connection");
 }

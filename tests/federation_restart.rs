@@ -71,6 +71,31 @@ async fn after_the_anchor_restarts_the_federated_sfts_clients_see_its_new_partic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_anchor_restarts_with_another_token_key_the_federated_sft_asks_again_and_recovers() {
+    let _one = common::one_big_call_at_a_time().await;
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let secret = |s: char| format!("relay_secret = \"{}\"\n", s.to_string().repeat(32));
+    let (a_toml, a_control) = fixed_ports_toml(&certs, "a.example", "127.0.0.1", &secret('x'));
+    let mut a = SftProcess::start(&a_toml, "127.0.0.1").await;
+    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &peers_at("a.example", &a_control))).await;
+    let a1 = Peer::join(&a, on("a.example", "phoenix", "a1", 1)).await;
+    let b1 = Peer::join(&b, on("b.example", "phoenix", "b1", 2)).await;
+    sees_and_hears(&b1, "a1", 1, common::TIMEOUT).await;
+
+    // The anchor comes back keying its tokens with another secret (a
+    // replica with its own, a rotated one): b's re-attach is refused, and b
+    // asks it again (`join`) for a fresh token instead of giving the call up.
+    a.rewrite_config(&a_toml.replace(&secret('x'), &secret('y')));
+    a.restart().await;
+    drop(a1);
+    let a3 = Peer::join(&a, on("a.example", "phoenix", "a3", 4)).await;
+    sees_and_hears(&b1, "a3", 4, RECOVERY).await;
+    sees_and_hears(&a3, "b1", 2, RECOVERY).await;
+    assert!(a.metric("sft_federation_rejected_total{reason=\"bad-token\"}").await >= 1.0, "the old token was refused");
+    assert_eq!(b.metric("sft_join_duration_seconds_count").await, 1.0, "b's client never rejoined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_the_federated_sft_restarts_the_anchors_clients_see_its_new_participant() {
     let _one = common::one_big_call_at_a_time().await;
     let certs = Certs::new(&["a.example", "b.example"]);

@@ -1,8 +1,11 @@
 //! The edge's view of relay links: which conference travels on which link
 //! under which channel number, and the glue between relay frames and the
-//! packets the driver routes.
+//! packets the driver routes; and the hold a federated conference keeps on
+//! the link to its anchor ([`LinkLease`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use prometheus::IntCounter;
@@ -12,6 +15,87 @@ use crate::core::ids::LinkId;
 use crate::wire::{Control, MediaFrame, RelayCodec};
 
 use super::relay_routes::RouteSender;
+
+/// The federated conferences using one relay link to an anchor, and the way
+/// their refusals get back to the link's keeper (`federation::keep_link`),
+/// which gives the link up once no conference has used it for a while and
+/// asks the anchor again for a conference it refused.
+#[derive(Clone)]
+pub struct LinkUsers {
+    count: Arc<AtomicUsize>,
+    refusals: mpsc::UnboundedSender<Refusal>,
+}
+
+impl LinkUsers {
+    /// The users of a new link, and where their refusals arrive.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Refusal>) {
+        let (refusals, arrive) = mpsc::unbounded_channel();
+        (Self { count: Arc::new(AtomicUsize::new(0)), refusals }, arrive)
+    }
+
+    /// One more conference uses the link until the lease is dropped.
+    pub fn lease(&self) -> LinkLease {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        LinkLease { users: self.clone() }
+    }
+
+    /// How many leases are held now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+/// A federated conference's hold on the relay link to its anchor: the
+/// worker keeps it with the conference's attachment.
+pub struct LinkLease {
+    users: LinkUsers,
+}
+
+impl LinkLease {
+    /// The anchor refused the attach: tell the link's keeper.
+    pub fn refused(&self, refusal: Refusal) {
+        // The keeper has stopped only if the link was given up: nothing to do then.
+        let _ = self.users.refusals.send(refusal);
+    }
+}
+
+impl Drop for LinkLease {
+    fn drop(&mut self) {
+        self.users.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for LinkLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkLease").field("users", &self.users.count()).finish()
+    }
+}
+
+/// An anchor's `refused` for a conference this SFT attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The worker the conference lives on.
+    pub worker: usize,
+    pub channel: u32,
+    pub conf_id: String,
+    pub reason: String,
+}
+
+/// How a federated conference attaches, kept by its worker so it can attach
+/// again when the link comes back or a fresh token arrives.
+#[derive(Debug)]
+pub struct Attachment {
+    pub conf_id: String,
+    pub token: String,
+    pub lease: LinkLease,
+}
+
+impl Attachment {
+    /// The `attach` message for `channel`.
+    pub fn attach(&self, channel: u32) -> Control {
+        Control::Attach { channel, conf_id: self.conf_id.clone(), relay_token: self.token.clone() }
+    }
+}
 
 /// How much the relay send arena takes at a time: some 50 video frames.
 const RELAY_ARENA_BYTES: usize = 64 * 1024;
@@ -123,6 +207,20 @@ pub fn str0m_codec(codec: RelayCodec) -> str0m::format::Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leases_count_the_conferences_using_a_link_and_carry_their_refusals() {
+        let (users, mut refusals) = LinkUsers::new();
+        let first = users.lease();
+        let second = users.lease();
+        assert_eq!(users.count(), 2);
+        let refusal = Refusal { worker: 1, channel: 7, conf_id: "c".into(), reason: "bad relay token".into() };
+        second.refused(refusal.clone());
+        assert_eq!(refusals.try_recv().ok(), Some(refusal));
+        drop(first);
+        drop(second);
+        assert_eq!(users.count(), 0);
+    }
 
     #[test]
     fn a_channel_reused_for_another_conference_displaces_the_old_one() {

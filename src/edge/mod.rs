@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::wire::Control;
 
 pub use driver::EdgeStats;
+pub use links::{LinkLease, LinkUsers, Refusal};
 use offer::OfferSummary;
 use placement::{Placement, Reservation};
 use quotas::{Admission, Quotas};
@@ -48,10 +49,19 @@ pub struct JoinRequest {
     /// The client's offer, parsed and checked by [`offer::parse`].
     pub offer: SdpOffer,
     pub summary: OfferSummary,
-    /// For a conference anchored elsewhere: the relay link to its anchor and
-    /// the token that attaches the conference to it.
-    pub anchor_link: Option<(LinkId, String)>,
+    /// For a conference anchored elsewhere: the relay link to its anchor.
+    pub anchor_link: Option<AnchorLink>,
     pub owner: Owner,
+}
+
+/// The relay link a federated conference travels on to its anchor, the
+/// token that attaches the conference to it, and the conference's hold on
+/// the link (kept if this SETUP creates the conference).
+#[derive(Debug)]
+pub struct AnchorLink {
+    pub link: LinkId,
+    pub token: String,
+    pub lease: LinkLease,
 }
 
 /// Who set a session up, for the quotas on sessions not connected yet
@@ -136,6 +146,18 @@ enum Command {
     RelayControl {
         link: LinkId,
         message: Control,
+    },
+    /// Attach the federated conference on `channel` again with a fresh token.
+    Reattach {
+        link: LinkId,
+        channel: u32,
+        token: String,
+    },
+    /// The anchor keeps refusing the federated conference on `channel`: its
+    /// participants there leave this conference.
+    Abandon {
+        link: LinkId,
+        channel: u32,
     },
     /// A peer's `attach` of conference `key` as `channel`, placed on this worker.
     RelayAttach {
@@ -224,6 +246,21 @@ impl EdgeHandle {
             placement: self.placement.clone(),
         };
         LinkRouter::new(link, router, updates)
+    }
+
+    /// Attaches the federated conference on `worker`'s `channel` again,
+    /// with the fresh `token` a new `join` brought.
+    pub(crate) async fn reattach(&self, worker: usize, link: LinkId, channel: u32, token: String) {
+        if let Some(worker) = self.workers.get(worker) {
+            let _ = worker.send(Command::Reattach { link, channel, token }).await;
+        }
+    }
+
+    /// Gives up the federated conference on `worker`'s `channel`.
+    pub(crate) async fn abandon(&self, worker: usize, link: LinkId, channel: u32) {
+        if let Some(worker) = self.workers.get(worker) {
+            let _ = worker.send(Command::Abandon { link, channel }).await;
+        }
     }
 
     pub(crate) async fn link_down(&self, link: LinkId, connection: usize) {

@@ -15,17 +15,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FederationConfig;
 use crate::core::ids::LinkId;
-use crate::core::link::{GiveUpReason, LinkAction, LinkMachine, FIRST_DIAL_TIMEOUT};
+use crate::core::link::{GiveUpReason, LinkAction, LinkMachine, FIRST_DIAL_TIMEOUT, SILENCE_LIMIT};
 use crate::drain::Drain;
-use crate::edge::EdgeHandle;
+use crate::edge::{AnchorLink, EdgeHandle, LinkLease, LinkUsers, Refusal};
 use crate::http::Guard;
 use crate::metrics::Metrics;
 use crate::tls::TlsError;
@@ -54,7 +54,7 @@ pub struct Federation {
     pub(crate) edge: EdgeHandle,
     pub(crate) metrics: Arc<Metrics>,
     /// Links to anchors we dial, by anchor domain.
-    outbound: Mutex<HashMap<String, LinkId>>,
+    outbound: Mutex<HashMap<String, Outbound>>,
     /// Links from federated SFTs that dial us, by their domain.
     inbound: Mutex<HashMap<String, LinkId>>,
     /// Held while a first dial to an anchor domain is under way.
@@ -65,7 +65,27 @@ pub struct Federation {
     next_link: AtomicU32,
     /// Control messages a second read from one relay link.
     pub(crate) max_control_rate: u32,
+    /// How long a link to an anchor outlives its last conference.
+    link_linger: Duration,
 }
+
+/// A link this SFT dials to an anchor, and the conferences using it.
+struct Outbound {
+    link: LinkId,
+    users: LinkUsers,
+}
+
+/// What a link's keeper keeps.
+struct Keeper {
+    link: LinkId,
+    domain: String,
+    relay: String,
+    users: LinkUsers,
+}
+
+/// How often a keeper checks that its link still brings packets and is
+/// still used.
+const LINK_CHECK: Duration = Duration::from_millis(250);
 
 /// Where federation listens, once started.
 pub struct Listening {
@@ -119,6 +139,7 @@ impl Federation {
             connections: Mutex::new(HashMap::new()),
             next_link: AtomicU32::new(1),
             max_control_rate: config.max_control_rate,
+            link_linger: config.link_linger,
         });
         tokio::spawn(federation.clone().accept_links());
         Ok((federation, Listening { control: control_addr, relay: relay_addr }))
@@ -160,18 +181,36 @@ impl Federation {
     }
 
     /// Makes sure a relay link to `anchor_domain` is up and returns it with
-    /// the token that attaches `conf_id` to it.
+    /// the token that attaches `conf_id` to it and a lease on it.
     pub async fn anchor_link(
         self: &Arc<Self>,
         anchor_domain: &str,
         conf_id: &str,
-    ) -> Result<(LinkId, String), FederationError> {
+    ) -> Result<AnchorLink, FederationError> {
         if !self.allows(anchor_domain) {
             self.metrics.federation_rejected(Rejection::DomainNotAllowed.label());
             return Err(FederationError::Denied(format!("this SFT does not federate with {anchor_domain}")));
         }
+        let answer = self.join(anchor_domain, conf_id).await?;
+        // One dial per anchor domain at a time: concurrent first joins wait
+        // for the first dial and share its link.
+        let dial_lock =
+            self.dial_locks.lock().expect("links lock").entry(anchor_domain.to_owned()).or_default().clone();
+        let _dialling = dial_lock.lock().await;
+        // Taken under the map's lock: a keeper giving its link up removes it
+        // under the same lock, once it has no lease.
+        let existing = self.outbound.lock().expect("links lock").get(anchor_domain).map(|o| (o.link, o.users.lease()));
+        let (link, lease) = match existing {
+            Some(existing) => existing,
+            None => self.dial_anchor(anchor_domain, &answer.relay).await?,
+        };
+        Ok(AnchorLink { link, token: answer.relay_token, lease })
+    }
+
+    /// Asks `anchor_domain` (the `join` RPC) to let this SFT carry `conf_id`.
+    async fn join(&self, anchor_domain: &str, conf_id: &str) -> Result<control::JoinAnswer, FederationError> {
         let control = self.control.read().expect("control client lock").clone();
-        let answer = control.join(anchor_domain, conf_id, &self.domain).await.map_err(|e| match e {
+        control.join(anchor_domain, conf_id, &self.domain).await.map_err(|e| match e {
             RpcError::Denied { .. } => FederationError::Denied(e.to_string()),
             RpcError::Draining { .. } => FederationError::AnchorDraining(e.to_string()),
             RpcError::PeerCertificate { .. } => {
@@ -179,96 +218,166 @@ impl Federation {
                 FederationError::Unreachable(e.to_string())
             }
             _ => FederationError::Unreachable(e.to_string()),
-        })?;
-        // One dial per anchor domain at a time: concurrent first joins wait
-        // for the first dial and share its link.
-        let dial_lock =
-            self.dial_locks.lock().expect("links lock").entry(anchor_domain.to_owned()).or_default().clone();
-        let _dialling = dial_lock.lock().await;
-        let existing = self.outbound.lock().expect("links lock").get(anchor_domain).copied();
-        let link = match existing {
-            Some(link) => link,
-            None => self.dial_anchor(anchor_domain, &answer.relay).await?,
-        };
-        Ok((link, answer.relay_token))
+        })
     }
 
-    async fn dial_anchor(self: &Arc<Self>, domain: &str, relay: &str) -> Result<LinkId, FederationError> {
+    async fn dial_anchor(self: &Arc<Self>, domain: &str, relay: &str) -> Result<(LinkId, LinkLease), FederationError> {
         let link = LinkId(self.next_link.fetch_add(1, Ordering::Relaxed));
+        let (users, refusals) = LinkUsers::new();
         let (first_tx, first_rx) = oneshot::channel();
-        tokio::spawn(self.clone().keep_link(link, domain.to_owned(), relay.to_owned(), first_tx));
+        let keeper = Keeper { link, domain: domain.to_owned(), relay: relay.to_owned(), users: users.clone() };
+        tokio::spawn(self.clone().keep_link(keeper, refusals, first_tx));
         match tokio::time::timeout(FIRST_DIAL_TIMEOUT, first_rx).await {
             Ok(Ok(Ok(()))) => {
-                self.outbound.lock().expect("links lock").insert(domain.to_owned(), link);
-                Ok(link)
+                let lease = users.lease();
+                self.outbound.lock().expect("links lock").insert(domain.to_owned(), Outbound { link, users });
+                Ok((link, lease))
             }
             Ok(Ok(Err(why))) => Err(FederationError::Unreachable(why)),
             _ => Err(FederationError::Unreachable(format!("relay of {domain} at {relay} did not answer"))),
         }
     }
 
-    /// Dials the anchor's relay and redials with backoff whenever it drops,
-    /// as [`LinkMachine`] decides. A first dial that fails gives up (the
-    /// SETUP that asked gets 502).
+    /// Keeps a relay link to an anchor as [`LinkMachine`] decides: dials
+    /// it, redials with backoff when it drops or goes silent, asks the
+    /// anchor again for conferences it refuses, and gives the link up once
+    /// no conference has used it for `federation.link_linger`. A first dial
+    /// that fails gives up (the SETUP that asked gets 502).
     #[allow(clippy::disallowed_methods)] // the shell reads the clock for the machine
     async fn keep_link(
         self: Arc<Self>,
-        link: LinkId,
-        domain: String,
-        relay: String,
+        keeper: Keeper,
+        mut refusals: mpsc::UnboundedReceiver<Refusal>,
         first: oneshot::Sender<Result<(), String>>,
     ) {
+        let Keeper { link, domain, relay, users } = keeper;
         let mut first = Some(first);
-        let mut machine = LinkMachine::new();
+        let mut machine = LinkMachine::new(self.link_linger);
+        let mut connection: Option<(quinn::Connection, tokio::task::JoinHandle<()>)> = None;
+        // The refusal behind each channel's rejoin, and the rejoins' answers.
+        let mut refused: HashMap<u32, Refusal> = HashMap::new();
+        let (rejoined_tx, mut rejoined) = mpsc::unbounded_channel::<(u32, Result<String, FederationError>)>();
+        let mut heard = 0;
+        let mut ticks = tokio::time::interval(LINK_CHECK);
         loop {
-            match machine.poll_action() {
-                Some(LinkAction::Dial { timeout }) => {
-                    self.metrics.link_state(&domain, "connecting");
-                    let credentials = self.credentials.current();
-                    let dialled =
-                        tokio::time::timeout(timeout, relay::dial(&self.endpoint, &credentials.trust, &domain, &relay))
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    LinkAction::Dial { timeout } => {
+                        self.metrics.link_state(&domain, "connecting");
+                        let credentials = self.credentials.current();
+                        let dial = relay::dial(&self.endpoint, &credentials.trust, &domain, &relay);
+                        let dialled = tokio::time::timeout(timeout, dial)
                             .await
                             .unwrap_or_else(|_| Err(format!("relay {relay}: no answer within {timeout:?}")));
-                    drop(credentials);
-                    match dialled {
-                        Ok((connection, send, recv)) => {
-                            machine.handle_dialled(Instant::now(), Ok(()));
-                            if let Some(first) = first.take() {
-                                let _ = first.send(Ok(()));
+                        drop(credentials);
+                        match dialled {
+                            Ok((live, send, recv)) => {
+                                machine.handle_dialled(Instant::now(), Ok(()));
+                                if let Some(first) = first.take() {
+                                    let _ = first.send(Ok(()));
+                                }
+                                heard = live.stats().udp_rx.datagrams;
+                                let run = relay::run_link(
+                                    self.clone(),
+                                    link,
+                                    domain.clone(),
+                                    live.clone(),
+                                    send,
+                                    recv,
+                                    false,
+                                );
+                                connection = Some((live, tokio::spawn(run)));
                             }
-                            relay::run_link(self.clone(), link, domain.clone(), connection, send, recv, false).await;
-                            machine.handle_closed(Instant::now());
-                        }
-                        Err(why) => {
-                            if first.is_none() {
-                                let failures = machine.failures() + 1;
-                                tracing::info!(peer = %domain, failures, "relay redial failed: {why}");
+                            Err(why) => {
+                                if first.is_none() {
+                                    let failures = machine.failures() + 1;
+                                    tracing::info!(peer = %domain, failures, "relay redial failed: {why}");
+                                }
+                                machine.handle_dialled(Instant::now(), Err(why));
                             }
-                            machine.handle_dialled(Instant::now(), Err(why));
                         }
                     }
-                }
-                Some(LinkAction::GiveUp(reason)) => {
-                    self.metrics.link_state(&domain, "down");
-                    match reason {
-                        GiveUpReason::FirstDialFailed(why) => {
-                            if let Some(first) = first.take() {
-                                let _ = first.send(Err(why));
-                            }
+                    LinkAction::Close => {
+                        if let Some((live, _)) = &connection {
+                            tracing::info!(peer = %domain, %link, "relay link silent for {SILENCE_LIMIT:?}: dialling anew");
+                            live.close(0u32.into(), b"silent");
                         }
-                        GiveUpReason::Disallowed => {
+                    }
+                    LinkAction::Rejoin { channel } => {
+                        let Some(refusal) = refused.get(&channel) else { continue };
+                        tracing::info!(peer = %domain, channel, conf = refusal.conf_id, "asking the anchor again for the conference");
+                        let (federation, answers) = (self.clone(), rejoined_tx.clone());
+                        let (anchor, conf_id) = (domain.clone(), refusal.conf_id.clone());
+                        tokio::spawn(async move {
+                            let answer = federation.join(&anchor, &conf_id).await.map(|answer| answer.relay_token);
+                            let _ = answers.send((channel, answer));
+                        });
+                    }
+                    LinkAction::Abandon { channel } => {
+                        if let Some(refusal) = refused.remove(&channel) {
+                            self.edge.abandon(refusal.worker, link, channel).await;
+                        }
+                    }
+                    LinkAction::GiveUp(reason) => {
+                        self.metrics.link_state(&domain, "down");
+                        match reason {
+                            GiveUpReason::FirstDialFailed(why) => {
+                                if let Some(first) = first.take() {
+                                    let _ = first.send(Err(why));
+                                }
+                            }
                             // Its conferences lose the link; a later SETUP dials anew.
-                            tracing::info!(peer = %domain, "not redialling: the domain is no longer allowed");
-                            self.outbound.lock().expect("links lock").remove(&domain);
+                            GiveUpReason::Disallowed => {
+                                tracing::info!(peer = %domain, "not redialling: the domain is no longer allowed")
+                            }
+                            GiveUpReason::Unneeded => {
+                                tracing::info!(peer = %domain, %link, "relay link closed: no conference uses it")
+                            }
                         }
+                        if let Some((live, _)) = connection {
+                            live.close(0u32.into(), b"link given up");
+                        }
+                        return;
                     }
-                    return;
                 }
-                None => {
-                    let Some(at) = machine.poll_timeout() else { return };
-                    tokio::time::sleep_until(at.into()).await;
-                    machine.handle_timeout(Instant::now(), self.allows(&domain));
+            }
+            let wake = machine.poll_timeout();
+            tokio::select! {
+                _ = async { (&mut connection.as_mut().expect("checked").1).await }, if connection.is_some() => {
+                    connection = None;
+                    machine.handle_closed(Instant::now());
                 }
+                Some(refusal) = refusals.recv() => {
+                    let channel = refusal.channel;
+                    refused.insert(channel, refusal);
+                    machine.handle_refused(Instant::now(), channel);
+                }
+                Some((channel, answer)) = rejoined.recv() => match (answer, refused.get(&channel)) {
+                    (Ok(token), Some(refusal)) => self.edge.reattach(refusal.worker, link, channel, token).await,
+                    (Err(why), _) => {
+                        tracing::info!(peer = %domain, channel, "asking the anchor again failed: {why}");
+                        machine.handle_refused(Instant::now(), channel);
+                    }
+                    (Ok(_), None) => {}
+                },
+                _ = ticks.tick() => {}
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {}
+            }
+            let now = Instant::now();
+            if let Some((live, _)) = &connection {
+                let received = live.stats().udp_rx.datagrams;
+                if received != heard {
+                    heard = received;
+                    machine.handle_heard(now);
+                }
+            }
+            // Under the map's lock, so that no SETUP takes a lease on a link
+            // being given up (`anchor_link` leases under the same lock).
+            let mut outbound = self.outbound.lock().expect("links lock");
+            machine.handle_in_use(now, users.count() > 0);
+            machine.handle_timeout(now, self.allows(&domain));
+            if machine.gave_up() && outbound.get(&domain).is_some_and(|o| o.link == link) {
+                outbound.remove(&domain);
             }
         }
     }

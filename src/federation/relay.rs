@@ -24,13 +24,6 @@ use crate::wire::{self, encode_control, Control, ALPN, MAX_CONTROL_FRAME};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// The dialling side gives a connection up after this long without a single
-/// packet from the peer (a healthy link carries media, or at least the
-/// answers to keep-alives every second) and dials a new one. Waiting for
-/// QUIC to recover instead could take seconds after the path returns: its
-/// probe timer doubles through an outage.
-const SILENCE_LIMIT: Duration = Duration::from_secs(2);
-const SILENCE_CHECK: Duration = Duration::from_millis(250);
 /// Control messages queued for a link before new ones are dropped.
 pub const CONTROL_QUEUE: usize = 1024;
 /// Admitted control messages waiting to be routed to a worker; a full
@@ -251,36 +244,12 @@ pub async fn run_link(
             }
         }
     };
-    let silence = async {
-        if inbound {
-            // The anchor cannot dial; it waits for the peer's new connection.
-            std::future::pending::<()>().await;
-        }
-        wait_for_silence(&connection).await;
-        tracing::info!(peer = %domain, %link, "relay link silent for {SILENCE_LIMIT:?}: dialling anew");
-    };
-    tokio::select! {
-        _ = async { tokio::join!(control, route) } => {}
-        _ = silence => {}
-    }
+    tokio::join!(control, route);
     writer.abort();
     connection.close(0u32.into(), b"link closed");
     tracing::info!(peer = %domain, %link, "relay link down");
     federation.forget_connection(&connection);
     federation.edge.link_down(link, connection.stable_id()).await;
-}
-
-/// Returns once `connection` has received nothing for [`SILENCE_LIMIT`].
-async fn wait_for_silence(connection: &Connection) {
-    let mut ticks = tokio::time::interval(SILENCE_CHECK);
-    let mut last = connection.stats().udp_rx.datagrams;
-    let mut silent = Duration::ZERO;
-    while silent < SILENCE_LIMIT {
-        ticks.tick().await;
-        let received = connection.stats().udp_rx.datagrams;
-        silent = if received == last { silent + SILENCE_CHECK } else { Duration::ZERO };
-        last = received;
-    }
 }
 
 /// Sends one datagram, counting its bytes; a full or closed link drops it.

@@ -36,14 +36,14 @@ use crate::wire::{Control, MediaFrame};
 use super::answer::{self, Estimation};
 use super::client::{Client, Media, Session};
 use super::estimate::DownlinkEstimate;
-use super::links::{relay_codec, str0m_codec, Channels, Link};
+use super::links::{relay_codec, str0m_codec, Attachment, Channels, Link, Refusal};
 use super::offer::OfferSummary;
 use super::placement::Placement;
 use super::quotas::Quotas;
 use super::relay_routes::RouteUpdate;
 use super::sources::Sources;
 use super::udp::{Datagram, MediaSocket};
-use super::{Command, JoinError, JoinRequest, LeaveOutcome};
+use super::{AnchorLink, Command, JoinError, JoinRequest, LeaveOutcome};
 
 mod events;
 mod fanout;
@@ -113,7 +113,7 @@ pub(super) struct Driver {
     channels: Channels,
     /// For conferences this SFT joined as a federated node: how to attach
     /// them again when their link comes back, by (link, channel).
-    attachments: HashMap<(LinkId, u32), (String, String)>,
+    attachments: HashMap<(LinkId, u32), Attachment>,
     // Buffers reused on every wake-up so the packet path does not allocate.
     events: Vec<(ParticipantId, Event)>,
     routes: Routes,
@@ -247,6 +247,11 @@ impl Driver {
             Command::LinkDown { link, connection } => self.link_down(link, connection),
             Command::RelayDatagram { link, datagram } => self.relay_datagram(link, &datagram),
             Command::RelayControl { link, message } => self.relay_control(link, message),
+            Command::Reattach { link, channel, token } => self.reattach(link, channel, token),
+            Command::Abandon { link, channel } => {
+                tracing::warn!(%link, channel, "the anchor keeps refusing the conference: its participants leave");
+                self.detach(Instant::now(), link, channel);
+            }
             Command::RelayAttach { link, channel, key, reservation } => {
                 self.relay_attach(link, channel, &key);
                 reservation.handled(self.conference_numbers.contains_key(&key));

@@ -40,8 +40,8 @@ impl Driver {
                 // learns its route before the peer hears of it again.
                 self.route(link, RouteUpdate::Route { channel, worker: self.index });
             }
-            if let (Some((conf_id, token)), Some(l)) = (attachment, self.links.get(&link)) {
-                l.send_control(Control::Attach { channel, conf_id: conf_id.clone(), relay_token: token.clone() });
+            if let (Some(attachment), Some(l)) = (attachment, self.links.get(&link)) {
+                l.send_control(attachment.attach(channel));
             }
             if let Some(conference) = self.conferences.get_mut(&number) {
                 if attachment.is_some() {
@@ -102,10 +102,16 @@ impl Driver {
         match message {
             // Attaches arrive as `Command::RelayAttach`, placed on this worker.
             Control::Attach { .. } | Control::Hello { .. } => {}
-            Control::Refused { channel, reason } => {
-                tracing::warn!(%link, "anchor refused the conference: {reason}");
-                self.detach(now, link, channel);
-            }
+            Control::Refused { channel, reason } => match self.attachments.get(&(link, channel)) {
+                // The link's keeper asks the anchor again (a restarted anchor
+                // with another key refuses the token it issued before).
+                Some(attachment) => {
+                    tracing::info!(%link, channel, conf = attachment.conf_id, "anchor refused the conference: {reason}");
+                    let conf_id = attachment.conf_id.clone();
+                    attachment.lease.refused(Refusal { worker: self.index, channel, conf_id, reason });
+                }
+                None => self.detach(now, link, channel),
+            },
             Control::Detach { channel } => self.detach(now, link, channel),
             Control::Roster { channel, participants } => {
                 let Some(number) = self.channels.conference(link, channel) else { return };
@@ -151,6 +157,15 @@ impl Driver {
                     conference.handle_layer_report(now, link, publishers);
                 }
             }
+        }
+    }
+
+    /// Attaches the federated conference on `channel` again with `token`.
+    pub(super) fn reattach(&mut self, link: LinkId, channel: u32, token: String) {
+        let Some(attachment) = self.attachments.get_mut(&(link, channel)) else { return };
+        attachment.token = token;
+        if let Some(l) = self.links.get(&link) {
+            l.send_control(attachment.attach(channel));
         }
     }
 

@@ -21,17 +21,17 @@ impl Driver {
 
         let id = next_id(&mut self.next_participant);
         let (number, created) = self.conference_number(&request.conference);
-        if let (true, Some((link, token))) = (created, request.anchor_link) {
+        if let (true, Some(AnchorLink { link, token, lease })) = (created, request.anchor_link) {
             // Federated: our number is the channel; the anchor learns it from Attach.
             // Truncation on purpose: a channel must only be unique among the
             // conferences live on one link, and numbers wrap after 2^32 conferences.
             let channel = number as u32;
             self.map_channel(link, channel, number, true);
             let conf_id = request.conference.conf_id.as_str().to_owned();
-            self.attachments.insert((link, channel), (conf_id.clone(), token.clone()));
             if let Some(l) = self.links.get(&link) {
-                l.send_control(Control::Attach { channel, conf_id, relay_token: token });
+                l.send_control(Control::Attach { channel, conf_id: conf_id.clone(), relay_token: token.clone() });
             }
+            self.attachments.insert((link, channel), Attachment { conf_id, token, lease });
             if let Some(conference) = self.conferences.get_mut(&number) {
                 conference.attach_link(now, link);
             }
