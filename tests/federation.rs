@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fed::{free_udp_port, on, peers_table, Certs};
+use common::fed::{fixed_ports_toml, free_udp_port, on, peers_at, peers_table, Certs};
 use common::ivf::width_of;
 use common::process::SftProcess;
 use common::{wait_for, Peer, PeerOptions, Signalling, TestSft, Video};
@@ -336,4 +336,45 @@ async fn a_link_no_conference_uses_is_closed_after_its_linger_and_dialled_again_
     wait_for("b2 to hear a1", || b2.heard(1) > 10).await;
     wait_for("a1 to hear b2", || a1.heard(3) > 10).await;
     assert_eq!(b.metric(dialled).await, 2.0, "a second connection");
+}
+
+/// Two SFTs that anchor conferences for each other share one connection:
+/// the second one needing the link attaches on the connection the first
+/// dialled, and that connection stays while either side's conferences use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sfts_anchoring_calls_for_each_other_share_one_connection() {
+    let _one = common::one_big_call_at_a_time().await;
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let (a_toml, a_control) = fixed_ports_toml(&certs, "a.example", "127.0.0.1", "link_linger = 1\n");
+    let (b_toml, b_control) = fixed_ports_toml(&certs, "b.example", "127.0.0.2", "link_linger = 1\n");
+    let a = TestSft::start(&format!("{a_toml}{}", peers_at("b.example", &b_control))).await;
+    let b = TestSft::start(&format!("{b_toml}{}", peers_at("a.example", &a_control))).await;
+    let anchored_at = |anchor: &str, domain: &str, conf: &str, user: &str, marker: u8| PeerOptions {
+        video: Video::None,
+        anchor: (anchor != domain).then(|| anchor.to_owned()),
+        ..on(domain, conf, user, marker)
+    };
+    // x is anchored at a (b dials a); y at b (a needs a link to b too).
+    let a1 = Peer::join(&a, anchored_at("a.example", "a.example", "x", "a1", 1)).await;
+    let b1 = Peer::join(&b, anchored_at("a.example", "b.example", "x", "b1", 2)).await;
+    wait_for("x: media both ways", || a1.heard(2) > 10 && b1.heard(1) > 10).await;
+    let b2 = Peer::join(&b, anchored_at("b.example", "b.example", "y", "b2", 3)).await;
+    let a2 = Peer::join(&a, anchored_at("b.example", "a.example", "y", "a2", 4)).await;
+    wait_for("y: media both ways", || a2.heard(3) > 10 && b2.heard(4) > 10).await;
+    assert_eq!(a2.participants(), vec!["a2".to_string(), "b2".to_string()], "no one of x in y");
+
+    let dialled = |to: &str| format!("sft_federation_connections_total{{direction=\"out\",peer_domain=\"{to}\"}}");
+    assert_eq!(b.metric(&dialled("a.example")).await, 1.0, "b dialled a once");
+    assert!(!a.metrics().await.contains(&dialled("b.example")), "a never dialled b");
+
+    // x ends on b: b's own conferences no longer use the link, a's y still
+    // does, so the connection b dialled stays past b's linger.
+    let http = reqwest::Client::new();
+    assert_eq!(http.delete(b.url(&format!("/sft/x/{}", b1.sessid))).send().await.unwrap().status(), 204);
+    b1.stop_publishing();
+    let before = (a2.heard(3), b2.heard(4));
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(a2.heard(3) > before.0 + 100 && b2.heard(4) > before.1 + 100, "y kept flowing");
+    assert_eq!(b.metric(&dialled("a.example")).await, 1.0, "still one connection");
+    assert!(!a.metrics().await.contains(&dialled("b.example")), "a still never dialled b");
 }

@@ -139,6 +139,17 @@ impl Link {
     }
 }
 
+/// The channel a federated conference is attached as, on the link to its
+/// anchor: its number, in this SFT's half of the channel numbers. Both
+/// SFTs of a link attach conferences on it (each those the other anchors),
+/// so the one whose domain sorts first names channels below 2^31 and the
+/// other from 2^31 up. Truncation on purpose: a channel must only be
+/// unique among the conferences live on one link.
+pub fn channel_of(number: u64, own_domain: &str, anchor_domain: &str) -> u32 {
+    let half = if own_domain < anchor_domain { 0 } else { 1 << 31 };
+    (number as u32 & !(1 << 31)) | half
+}
+
 /// Which conference (driver number) each (link, channel) carries, and back.
 #[derive(Default)]
 pub struct Channels {
@@ -220,6 +231,13 @@ mod tests {
         drop(first);
         drop(second);
         assert_eq!(users.count(), 0);
+    }
+
+    #[test]
+    fn the_two_sfts_of_a_link_name_channels_in_different_halves() {
+        assert_eq!(channel_of(7, "a.example", "b.example"), 7);
+        assert_eq!(channel_of(7, "b.example", "a.example"), 7 | 1 << 31);
+        assert_eq!(channel_of(u64::from(u32::MAX) + 8, "a.example", "b.example"), 7, "wraps within its half");
     }
 
     #[test]

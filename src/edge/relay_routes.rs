@@ -144,18 +144,38 @@ impl LinkRouter {
         routing
     }
 
+    /// How many channels the link carries, in both directions.
+    pub fn carried(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Waits for a worker's route change and applies it (and any queued
+    /// behind it). Cancel-safe.
+    pub async fn next_update(&mut self) {
+        match self.updates.recv().await {
+            Some(update) => self.apply(update),
+            // Every worker's sender is gone: the process is ending.
+            None => std::future::pending().await,
+        }
+        self.apply_updates();
+    }
+
     fn apply_updates(&mut self) {
         while let Ok(update) = self.updates.try_recv() {
-            match update {
-                RouteUpdate::Route { channel, worker } => {
-                    self.routes.insert(channel, worker);
-                }
-                // Only the worker the channel is routed to may take the
-                // route away: another may have taken the channel over since.
-                RouteUpdate::Unroute { channel, worker } => {
-                    if self.routes.get(&channel) == Some(&worker) {
-                        self.routes.remove(&channel);
-                    }
+            self.apply(update);
+        }
+    }
+
+    fn apply(&mut self, update: RouteUpdate) {
+        match update {
+            RouteUpdate::Route { channel, worker } => {
+                self.routes.insert(channel, worker);
+            }
+            // Only the worker the channel is routed to may take the
+            // route away: another may have taken the channel over since.
+            RouteUpdate::Unroute { channel, worker } => {
+                if self.routes.get(&channel) == Some(&worker) {
+                    self.routes.remove(&channel);
                 }
             }
         }

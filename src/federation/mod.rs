@@ -13,7 +13,7 @@ pub mod trust;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -55,8 +55,15 @@ pub struct Federation {
     pub(crate) metrics: Arc<Metrics>,
     /// Links to anchors we dial, by anchor domain.
     outbound: Mutex<HashMap<String, Outbound>>,
-    /// Links from federated SFTs that dial us, by their domain.
-    inbound: Mutex<HashMap<String, LinkId>>,
+    /// One link per peer domain, whichever side dialled its connection:
+    /// conferences of both directions ride it as channels.
+    link_ids: Mutex<HashMap<String, LinkId>>,
+    /// The connection each peer domain's link runs on now, and whether
+    /// this SFT dialled it.
+    live: Mutex<HashMap<String, (quinn::Connection, bool)>>,
+    /// Channels each peer domain's link carries now (both directions), as
+    /// its reader last counted them.
+    carried: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// Held while a first dial to an anchor domain is under way.
     dial_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Every live relay connection and its peer's domain, by `stable_id`:
@@ -134,7 +141,9 @@ impl Federation {
             edge,
             metrics,
             outbound: Mutex::new(HashMap::new()),
-            inbound: Mutex::new(HashMap::new()),
+            link_ids: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            carried: Mutex::new(HashMap::new()),
             dial_locks: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             next_link: AtomicU32::new(1),
@@ -221,8 +230,51 @@ impl Federation {
         })
     }
 
+    /// The link of `domain`, the same for every connection with it.
+    pub(crate) fn link_id(&self, domain: &str) -> LinkId {
+        let mut ids = self.link_ids.lock().expect("links lock");
+        *ids.entry(domain.to_owned()).or_insert_with(|| LinkId(self.next_link.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// How many channels `domain`'s link carries, as its reader counts them.
+    pub(crate) fn carried(&self, domain: &str) -> Arc<AtomicUsize> {
+        self.carried.lock().expect("links lock").entry(domain.to_owned()).or_default().clone()
+    }
+
+    /// Whether a new connection with `domain` (`dialled_here` or accepted)
+    /// may carry its link. One connection per pair of domains: a second
+    /// one dialled by the same side replaces the first (that side
+    /// restarted, or gave the old one up); when both sides dialled at
+    /// once, both keep the one the domain sorting first dialled.
+    pub(crate) fn admit_connection(&self, domain: &str, connection: &quinn::Connection, dialled_here: bool) -> bool {
+        let mut live = self.live.lock().expect("links lock");
+        if let Some((current, current_dialled_here)) = live.get(domain) {
+            let contest = current.close_reason().is_none() && *current_dialled_here != dialled_here;
+            let ours_first = self.domain.as_str() < domain;
+            if contest && dialled_here != ours_first {
+                return false;
+            }
+        }
+        live.insert(domain.to_owned(), (connection.clone(), dialled_here));
+        true
+    }
+
+    /// `connection` no longer carries `domain`'s link.
+    pub(crate) fn connection_ended(&self, domain: &str, connection: &quinn::Connection) {
+        let mut live = self.live.lock().expect("links lock");
+        if live.get(domain).is_some_and(|(current, _)| current.stable_id() == connection.stable_id()) {
+            live.remove(domain);
+        }
+    }
+
+    /// The live connection the peer dialled, if `domain`'s link runs on one.
+    fn borrowable(&self, domain: &str) -> Option<quinn::Connection> {
+        let live = self.live.lock().expect("links lock");
+        live.get(domain).filter(|(c, dialled_here)| !dialled_here && c.close_reason().is_none()).map(|(c, _)| c.clone())
+    }
+
     async fn dial_anchor(self: &Arc<Self>, domain: &str, relay: &str) -> Result<(LinkId, LinkLease), FederationError> {
-        let link = LinkId(self.next_link.fetch_add(1, Ordering::Relaxed));
+        let link = self.link_id(domain);
         let (users, refusals) = LinkUsers::new();
         let (first_tx, first_rx) = oneshot::channel();
         let keeper = Keeper { link, domain: domain.to_owned(), relay: relay.to_owned(), users: users.clone() };
@@ -251,6 +303,9 @@ impl Federation {
         first: oneshot::Sender<Result<(), String>>,
     ) {
         let Keeper { link, domain, relay, users } = keeper;
+        // Channels the peer attached count too: its conferences ride a link
+        // this SFT dialled, so it stays while they do.
+        let carried = self.carried(&domain);
         let mut first = Some(first);
         let mut machine = LinkMachine::new(self.link_linger);
         let mut connection: Option<(quinn::Connection, tokio::task::JoinHandle<()>)> = None;
@@ -262,6 +317,24 @@ impl Federation {
         loop {
             while let Some(action) = machine.poll_action() {
                 match action {
+                    LinkAction::Dial { .. } if self.borrowable(&domain).is_some() => {
+                        // The peer dialled us (it anchors conferences here):
+                        // its connection carries our channels too.
+                        let live = self.borrowable(&domain).expect("checked");
+                        tracing::info!(peer = %domain, %link, "relay link rides the connection the peer dialled");
+                        machine.handle_dialled(Instant::now(), Ok(()));
+                        if let Some(first) = first.take() {
+                            let _ = first.send(Ok(()));
+                        }
+                        heard = live.stats().udp_rx.datagrams;
+                        let closed = live.clone();
+                        connection = Some((
+                            live,
+                            tokio::spawn(async move {
+                                closed.closed().await;
+                            }),
+                        ));
+                    }
                     LinkAction::Dial { timeout } => {
                         self.metrics.link_state(&domain, "connecting");
                         let credentials = self.credentials.current();
@@ -374,7 +447,7 @@ impl Federation {
             // Under the map's lock, so that no SETUP takes a lease on a link
             // being given up (`anchor_link` leases under the same lock).
             let mut outbound = self.outbound.lock().expect("links lock");
-            machine.handle_in_use(now, users.count() > 0);
+            machine.handle_in_use(now, users.count() > 0 || carried.load(Ordering::Acquire) > 0);
             machine.handle_timeout(now, self.allows(&domain));
             if machine.gave_up() && outbound.get(&domain).is_some_and(|o| o.link == link) {
                 outbound.remove(&domain);
@@ -389,12 +462,7 @@ impl Federation {
                 let credentials = federation.credentials.current();
                 match relay::accept(incoming, &credentials.trust).await {
                     Ok((domain, connection, send, recv)) => {
-                        let link = {
-                            let mut inbound = federation.inbound.lock().expect("links lock");
-                            *inbound
-                                .entry(domain.clone())
-                                .or_insert_with(|| LinkId(federation.next_link.fetch_add(1, Ordering::Relaxed)))
-                        };
+                        let link = federation.link_id(&domain);
                         relay::run_link(federation.clone(), link, domain, connection, send, recv, true).await;
                     }
                     Err(rejection) => {
@@ -406,11 +474,12 @@ impl Federation {
         }
     }
 
-    /// Checks a control message from `domain` before the edge sees it: only
-    /// a dialling SFT attaches, and only with a token this SFT issued to it.
-    pub(crate) fn admit_control(&self, domain: &str, message: Control, inbound: bool) -> Admission {
+    /// Checks a control message from `domain` before the edge sees it: an
+    /// `attach` (whichever side dialled) only with a token this SFT issued
+    /// to that domain.
+    pub(crate) fn admit_control(&self, domain: &str, message: Control) -> Admission {
         match message {
-            Control::Attach { ref conf_id, ref relay_token, channel } if inbound => {
+            Control::Attach { ref conf_id, ref relay_token, channel } => {
                 if self.credentials.current().check_token(domain, conf_id, relay_token) {
                     Admission::Pass(message)
                 } else {
@@ -419,7 +488,7 @@ impl Federation {
                     Admission::Reply(Control::Refused { channel, reason: "bad relay token".into() })
                 }
             }
-            Control::Attach { .. } | Control::Hello { .. } => Admission::Drop,
+            Control::Hello { .. } => Admission::Drop,
             other => Admission::Pass(other),
         }
     }

@@ -3,6 +3,7 @@
 //! This file moves bytes; the edge driver decides what they mean.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,6 +162,11 @@ pub async fn run_link(
     mut recv: RecvStream,
     inbound: bool,
 ) {
+    if !federation.admit_connection(&domain, &connection, !inbound) {
+        tracing::info!(peer = %domain, %link, inbound, "second relay connection closed: the link keeps the other one");
+        connection.close(4u32.into(), b"duplicate connection");
+        return;
+    }
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     tracing::info!(peer = %domain, %link, inbound, "relay link up");
     federation.metrics.federation_connection(&domain, inbound);
@@ -194,7 +200,7 @@ pub async fn run_link(
                         federation.metrics.federation_rejected(Rejection::ControlRate.label());
                         tokio::time::sleep(wait).await;
                     }
-                    match federation.admit_control(&domain, message, inbound) {
+                    match federation.admit_control(&domain, message) {
                         Admission::Pass(message) => {
                             if admitted_tx.send(message).await.is_err() {
                                 break;
@@ -217,9 +223,13 @@ pub async fn run_link(
     };
     // Both reads are cancel-safe: a datagram arriving drops nothing of a
     // control message waiting, and the other way round.
+    let carried = federation.carried(&domain);
     let route = async {
         loop {
+            carried.store(router.carried(), Ordering::Release);
             tokio::select! {
+                // Workers' route changes, so the count above stays true on an idle link.
+                () = router.next_update() => {}
                 datagram = connection.read_datagram() => {
                     let Ok(datagram) = datagram else { break };
                     bytes_in.inc_by(datagram.len() as u64);
@@ -249,6 +259,7 @@ pub async fn run_link(
     connection.close(0u32.into(), b"link closed");
     tracing::info!(peer = %domain, %link, "relay link down");
     federation.forget_connection(&connection);
+    federation.connection_ended(&domain, &connection);
     federation.edge.link_down(link, connection.stable_id()).await;
 }
 

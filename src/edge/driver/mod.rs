@@ -36,7 +36,7 @@ use crate::wire::{Control, MediaFrame};
 use super::answer::{self, Estimation};
 use super::client::{Client, Media, Session};
 use super::estimate::DownlinkEstimate;
-use super::links::{relay_codec, str0m_codec, Attachment, Channels, Link, Refusal};
+use super::links::{channel_of, relay_codec, str0m_codec, Attachment, Channels, Link, Refusal};
 use super::offer::OfferSummary;
 use super::placement::Placement;
 use super::quotas::Quotas;

@@ -22,10 +22,8 @@ impl Driver {
         let id = next_id(&mut self.next_participant);
         let (number, created) = self.conference_number(&request.conference);
         if let (true, Some(AnchorLink { link, token, lease })) = (created, request.anchor_link) {
-            // Federated: our number is the channel; the anchor learns it from Attach.
-            // Truncation on purpose: a channel must only be unique among the
-            // conferences live on one link, and numbers wrap after 2^32 conferences.
-            let channel = number as u32;
+            // Federated: the anchor learns the channel from the attach.
+            let channel = channel_of(number, &self.domain, &request.conference.anchor_domain);
             self.map_channel(link, channel, number, true);
             let conf_id = request.conference.conf_id.as_str().to_owned();
             if let Some(l) = self.links.get(&link) {
