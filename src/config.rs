@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::core::ids::canonical_domain;
 use crate::core::relay_demand::RelayMode;
 use crate::signalling::MAX_SESSID_CHARS;
 
@@ -524,7 +525,7 @@ impl RawConfig {
         }
         let federation = self.federation.check()?;
         Ok(Config {
-            domain: self.domain,
+            domain: canonical_domain(&self.domain),
             drain_timeout: Duration::from_secs(self.drain_timeout),
             drain_grace: Duration::from_secs(self.drain_grace),
             signalling: SignallingConfig {
@@ -652,7 +653,7 @@ impl RawFederation {
             key: required("federation.key", self.key)?,
             ca: self.ca,
             strategy,
-            peers: self.peers,
+            peers: self.peers.into_iter().map(|(domain, addr)| (canonical_domain(&domain), addr)).collect(),
             dns,
             dns_timeout: Duration::from_secs_f64(self.dns_timeout),
             via_federator: self.via_federator.map(|u| u.trim_end_matches('/').to_owned()),

@@ -77,10 +77,13 @@ pub enum Rejection {
     Draining,
     /// A control message that had to wait for `federation.max_control_rate`.
     ControlRate,
+    /// An attach naming a channel that carries one of this SFT's own
+    /// conferences (a peer outside its half of the channel numbers).
+    ChannelInUse,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Self::FederationDisabled,
         Self::DomainNotAllowed,
         Self::NoCertificate,
@@ -93,6 +96,7 @@ impl Rejection {
         Self::ConferenceCapacity,
         Self::Draining,
         Self::ControlRate,
+        Self::ChannelInUse,
     ];
 
     pub fn label(self) -> &'static str {
@@ -109,6 +113,7 @@ impl Rejection {
             Self::ConferenceCapacity => "conference-capacity",
             Self::Draining => "draining",
             Self::ControlRate => "control-rate",
+            Self::ChannelInUse => "channel-in-use",
         }
     }
 }

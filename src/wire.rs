@@ -1,4 +1,6 @@
-//! The relay's wire format, versioned by the ALPN `sft-relay/1`.
+//! The relay's wire format, versioned by the ALPN: `sft-relay/1`, and
+//! `sft-relay/2`, the same framing with conferences attached both ways on
+//! one connection per pair of SFTs (see [`RelayVersion`]).
 //!
 //! Media travels as QUIC datagrams, one RTP packet each, in a fixed binary
 //! header followed by the RTP payload (the relay carries payloads, not SRTP:
@@ -30,7 +32,31 @@ use crate::core::conference::RosterEntry;
 use crate::core::ids::{Layer, MediaKind};
 use crate::core::relay_demand::{PublisherLayers, Subscription};
 
-pub const ALPN: &[u8] = b"sft-relay/1";
+/// The relay's ALPNs, preferred first.
+pub const ALPNS: [&[u8]; 2] = [b"sft-relay/2", b"sft-relay/1"];
+
+/// What a relay connection's two SFTs agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayVersion {
+    /// Only the dialler attaches conferences.
+    V1,
+    /// Either side attaches conferences the other anchors, each naming
+    /// channels in its own half (the domain that sorts first below 2^31):
+    /// one connection per pair of SFTs.
+    V2,
+}
+
+impl RelayVersion {
+    /// The version of a negotiated ALPN (none: a peer from before ALPNs
+    /// were checked would not connect at all, so this is version 1).
+    pub fn of_alpn(alpn: Option<&[u8]>) -> Self {
+        if alpn == Some(ALPNS[0]) {
+            Self::V2
+        } else {
+            Self::V1
+        }
+    }
+}
 const MEDIA: u8 = 0x01;
 const HEADER_LEN: usize = 28;
 pub const MAX_CONTROL_FRAME: usize = 256 * 1024;

@@ -1,7 +1,8 @@
-//! A hostile peer: an SFT client holding b.example's real certificate that
-//! attaches to an a.example conference and then lies and floods on the
-//! relay. What it sends is dropped, capped, throttled and counted; the
-//! anchor's calls go on.
+//! Peers the test plays itself, holding b.example's real certificate: a
+//! hostile one that attaches to an a.example conference and then lies and
+//! floods on the relay (what it sends is dropped, capped, throttled and
+//! counted; the anchor's calls go on), and one that speaks only the first
+//! relay version.
 #![allow(clippy::disallowed_methods)] // tests read the real clock to bound their waits
 
 mod common;
@@ -40,6 +41,59 @@ fn b_config(certs: &Certs) -> Config {
     Config::load(Some(&path), Vec::new()).unwrap()
 }
 
+/// b.example's credentials and control-plane client, aimed at `a`.
+fn b_peer(certs: &Certs, a: &TestSft) -> (Trust, ControlClient) {
+    let config = b_config(certs);
+    let trust = Trust::load("b.example", config.federation.as_ref().unwrap()).unwrap();
+    let fed = a.server.federation.as_ref().unwrap();
+    let peers = [("a.example".to_string(), fed.control.to_string())].into_iter().collect();
+    let control = ControlClient {
+        own_domain: "b.example".into(),
+        tls: trust.client_config(&[b"http/1.1"]).unwrap(),
+        discovery: Arc::new(Discovery::new(peers, None, Duration::from_secs(3))),
+        via_federator: None,
+    };
+    (trust, control)
+}
+
+/// A peer from before `sft-relay/2` (it offers only `sft-relay/1`) still
+/// dials, attaches and gets the anchor's roster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_that_speaks_only_the_first_relay_version_still_attaches() {
+    let certs = Certs::new(&["a.example", "b.example"]);
+    let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "")).await;
+    let _a1 = Peer::join(&a, PeerOptions { video: Video::None, ..PeerOptions::new("old", "a1", 1) }).await;
+    let (trust, control) = b_peer(&certs, &a);
+    let answer = control.join("a.example", "old", "b.example").await.unwrap();
+
+    let tls = trust.client_config(&[b"sft-relay/1"]).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connection = endpoint.connect(answer.relay.parse().unwrap(), "a.example").unwrap().await.unwrap();
+    let alpn = connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    assert_eq!(alpn.as_deref(), Some(&b"sft-relay/1"[..]), "the anchor still speaks version 1");
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&encode_control(&Control::Hello { domain: "b.example".into() })).await.unwrap();
+    let attach = Control::Attach { channel: 1, conf_id: "old".into(), relay_token: answer.relay_token };
+    send.write_all(&encode_control(&attach)).await.unwrap();
+    tokio::time::timeout(common::TIMEOUT, async {
+        loop {
+            if let Some(Control::Roster { participants, .. }) = relay::read_control(&mut recv).await.unwrap() {
+                if participants.iter().any(|p| p.identity.userid == "a1") {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the anchor's roster over a version 1 connection");
+    assert_eq!(a.metric("sft_federation_links{peer_domain=\"b.example\",state=\"up\"}").await, 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_that_lies_and_floods_is_dropped_capped_throttled_and_counted() {
     let _one = common::one_big_call_at_a_time().await;
@@ -64,17 +118,7 @@ async fn a_peer_that_lies_and_floods_is_dropped_capped_throttled_and_counted() {
     wait_for("both calls to carry audio", || a2.heard(1) > 10 && a3.heard(4) > 10 && a4.heard(3) > 10).await;
 
     // The hostile peer: b's certificate, a real join for a real token.
-    let config = b_config(&certs);
-    let federation = config.federation.as_ref().unwrap();
-    let trust = Trust::load("b.example", federation).unwrap();
-    let fed = a.server.federation.as_ref().unwrap();
-    let peers = [("a.example".to_string(), fed.control.to_string())].into_iter().collect();
-    let control = ControlClient {
-        own_domain: "b.example".into(),
-        tls: trust.client_config(&[b"http/1.1"]).unwrap(),
-        discovery: Arc::new(Discovery::new(peers, None, Duration::from_secs(3))),
-        via_federator: None,
-    };
+    let (trust, control) = b_peer(&certs, &a);
     let answer = control.join("a.example", "victim", "b.example").await.unwrap();
     let endpoint = relay::endpoint(&trust, "127.0.0.2:0".parse().unwrap()).unwrap();
     let (_connection, mut send, mut recv) = relay::dial(&endpoint, &trust, "a.example", &answer.relay).await.unwrap();

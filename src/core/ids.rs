@@ -14,6 +14,13 @@ use thiserror::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ParticipantId(pub u64);
 
+/// A domain name as this SFT keys and compares it: DNS names are
+/// case-insensitive and may end in a dot, but the domain's links, tokens
+/// and channel halves must be the same for every spelling of it.
+pub fn canonical_domain(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
 impl fmt::Display for ParticipantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "p{}", self.0)

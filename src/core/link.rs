@@ -2,7 +2,7 @@
 //! machine: when to dial and how long an attempt may take, when a
 //! connection has gone silent, when to dial again (backoff), when to ask
 //! the anchor again for a conference it refused, and when to give the link
-//! up. The async shell (`federation::keep_link`) dials, runs the link,
+//! up. The async shell (`federation/keeper.rs`) dials, runs the link,
 //! makes the RPCs and reports back; every decision about time is made here,
 //! with `now` passed in, so tests drive it through restarts, flapping and
 //! refusals in simulated time.
@@ -15,7 +15,7 @@
 //!
 //!   any state: no conference uses the link for `linger` ──▶ GaveUp(unneeded)
 //!              the domain is no longer allowed           ──▶ GaveUp(disallowed)
-//!   while Up:  the anchor refuses a channel ──▶ Rejoin (at once, then 1 s apart)
+//!   per channel: the anchor refuses it ──▶ Rejoin (at once, then 1 s apart)
 //!              refused again after 3 rejoins in a minute ──▶ Abandon
 //! ```
 
@@ -46,6 +46,36 @@ pub const REJOIN_WINDOW: Duration = Duration::from_secs(60);
 /// The first rejoin goes at once (a restarted anchor with a new key: the
 /// call should recover now); later ones wait this long.
 pub const REJOIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether a new relay connection with `peer_domain` should carry the link
+/// rather than the live one, given whether this SFT dialled each
+/// (`current_dialled_here` is `None` when no connection is live). One
+/// connection per pair of SFTs: a newer one dialled by the same side
+/// replaces the older (that side restarted, or gave the old one up); when
+/// both sides dialled at once, both keep the one the domain sorting first
+/// dialled, so they agree without a word.
+pub fn takes_over(
+    current_dialled_here: Option<bool>,
+    new_dialled_here: bool,
+    own_domain: &str,
+    peer_domain: &str,
+) -> bool {
+    match current_dialled_here {
+        Some(current) if current != new_dialled_here => new_dialled_here == (own_domain < peer_domain),
+        _ => true,
+    }
+}
+
+/// Why the anchor refused a conference's attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its token: the anchor restarted with another key, or another
+    /// replica answers. A fresh one from `join` may do.
+    Token,
+    /// Anything else (the link's conference cap, a draining anchor): asking
+    /// again would only be refused again.
+    Final,
+}
 
 /// What the shell should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,10 +202,15 @@ impl LinkMachine {
     }
 
     /// The anchor refused the conference on `channel` (or the `join` asked
-    /// for a fresh token failed): rejoin it, or abandon it if it keeps
-    /// being refused.
-    pub fn handle_refused(&mut self, now: Instant, channel: u32) {
+    /// for a fresh token failed, a [`Refused::Token`] too): rejoin it, or
+    /// abandon it if it keeps being refused or a fresh token cannot help.
+    pub fn handle_refused(&mut self, now: Instant, channel: u32, refused: Refused) {
         if self.state == State::GaveUp {
+            return;
+        }
+        if refused == Refused::Final {
+            self.rejoins.remove(&channel);
+            self.pending.push_back(LinkAction::Abandon { channel });
             return;
         }
         let rejoins = self.rejoins.entry(channel).or_insert(Rejoins { window_start: now, count: 0, due: None });
@@ -248,6 +283,12 @@ impl LinkMachine {
 
     pub fn is_up(&self) -> bool {
         matches!(self.state, State::Up { .. })
+    }
+
+    /// Whether `channel` was refused within the current window (its
+    /// refusal may still be rejoined or abandoned).
+    pub fn is_rejoining(&self, channel: u32) -> bool {
+        self.rejoins.contains_key(&channel)
     }
 
     /// Whether the link has been given up for good.
@@ -430,6 +471,27 @@ mod tests {
     }
 
     #[test]
+    fn both_sides_keep_the_same_connection_of_two_dialled_at_once() {
+        // a.example and b.example dial each other at once; each sees its own
+        // connection and the other's, in either order.
+        for (own, peer) in [("a.example", "b.example"), ("b.example", "a.example")] {
+            let by_a = own == "a.example";
+            // Its own dial first, then the peer's arrives.
+            assert_eq!(takes_over(Some(true), false, own, peer), !by_a, "{own}: the peer's");
+            // The peer's first, then its own dial completes.
+            assert_eq!(takes_over(Some(false), true, own, peer), by_a, "{own}: its own");
+        }
+        // Either way both keep the one a.example dialled.
+    }
+
+    #[test]
+    fn a_side_that_dials_again_replaces_its_old_connection() {
+        assert!(takes_over(None, false, "a.example", "b.example"), "nothing live");
+        assert!(takes_over(Some(false), false, "a.example", "b.example"), "the peer restarted and dialled again");
+        assert!(takes_over(Some(true), true, "b.example", "a.example"), "this SFT dialled again");
+    }
+
+    #[test]
     fn a_link_that_keeps_bringing_packets_stays_and_a_silent_one_is_closed_and_redialled() {
         let mut now = start();
         let mut link = up(now);
@@ -477,27 +539,37 @@ mod tests {
         let mut now = start();
         let mut link = up(now);
         // The anchor restarted with another key: both channels' attaches are refused.
-        link.handle_refused(now, 1);
-        link.handle_refused(now, 2);
+        link.handle_refused(now, 1, Refused::Token);
+        link.handle_refused(now, 2, Refused::Token);
         assert_eq!(link.poll_action(), Some(LinkAction::Rejoin { channel: 1 }));
         assert_eq!(link.poll_action(), Some(LinkAction::Rejoin { channel: 2 }));
         // Channel 2's fresh token works; channel 1 keeps being refused.
         let mut rejoined_at = Vec::new();
         for _ in 0..2 {
-            link.handle_refused(now, 1);
+            link.handle_refused(now, 1, Refused::Token);
             for (at, action) in run_for(&mut link, &mut now, Duration::from_secs(2), Some(Duration::from_millis(500))) {
                 rejoined_at.push((at.as_millis(), action));
             }
         }
         let rejoin = LinkAction::Rejoin { channel: 1 };
         assert_eq!(rejoined_at, vec![(1000, rejoin.clone()), (1000, rejoin.clone())]);
-        link.handle_refused(now, 1);
+        link.handle_refused(now, 1, Refused::Token);
         assert_eq!(link.poll_action(), Some(LinkAction::Abandon { channel: 1 }), "a fourth refusal within the minute");
         // Refusals far apart (a minute or more) are each rejoined at once.
-        link.handle_refused(now, 2);
+        link.handle_refused(now, 2, Refused::Token);
         assert_eq!(link.poll_action(), None, "channel 2's second refusal waits its backoff");
         run_for(&mut link, &mut now, REJOIN_WINDOW, Some(Duration::from_millis(500)));
-        link.handle_refused(now, 2);
+        link.handle_refused(now, 2, Refused::Token);
         assert_eq!(link.poll_action(), Some(LinkAction::Rejoin { channel: 2 }));
+    }
+
+    #[test]
+    fn a_refusal_a_fresh_token_cannot_help_abandons_the_channel_at_once() {
+        let now = start();
+        let mut link = up(now);
+        link.handle_refused(now, 4, Refused::Final);
+        assert_eq!(link.poll_action(), Some(LinkAction::Abandon { channel: 4 }));
+        assert_eq!(link.poll_action(), None);
+        assert!(!link.is_rejoining(4));
     }
 }

@@ -17,7 +17,7 @@ use crate::wire::{Control, MediaFrame, RelayCodec};
 use super::relay_routes::RouteSender;
 
 /// The federated conferences using one relay link to an anchor, and the way
-/// their refusals get back to the link's keeper (`federation::keep_link`),
+/// their refusals get back to the link's keeper (`federation/keeper.rs`),
 /// which gives the link up once no conference has used it for a while and
 /// asks the anchor again for a conference it refused.
 #[derive(Clone)]
@@ -37,6 +37,11 @@ impl LinkUsers {
     pub fn lease(&self) -> LinkLease {
         self.count.fetch_add(1, Ordering::AcqRel);
         LinkLease { users: self.clone() }
+    }
+
+    /// Whether `other` counts the same link's users.
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.count, &other.count)
     }
 
     /// How many leases are held now.

@@ -5,16 +5,18 @@
 //! [`LinkRouter`]: its own map from channel to worker, so routing a
 //! datagram is one lookup in a map nobody else touches (no lock).
 //!
-//! Who names a link's channels decides their routes. On a link a peer
-//! dialled, the peer names them in its `attach`es: the router places each
-//! attached conference ([`Placement`]) and routes its channel before the
-//! worker sees the attach. On a link this SFT dialled, its workers name
-//! them (a federated conference's number) and tell the router with
-//! [`RouteUpdate`]s, before they send the `attach` that makes the peer use
-//! the channel. Either way a worker that lets a channel go says so, and the
-//! router drops the route only if it still points at that worker.
+//! Who names a channel decides its route, and both sides of a link name
+//! some. The peer names those of the conferences it attaches here (anchored
+//! here): the router places each attached conference ([`Placement`]) and
+//! routes its channel before the worker sees the attach. This SFT's workers
+//! name those of the conferences they attach to the peer (a federated
+//! conference's number) and tell the router with [`RouteUpdate`]s, before
+//! they send the `attach` that makes the peer use the channel. Either way a
+//! worker that lets a channel go says so, and the router drops the route
+//! only if it still points at that worker. An attach naming one of this
+//! SFT's own channels is refused: it would take a conference's route away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,6 +56,8 @@ pub struct LinkRouter {
     link: LinkId,
     config: RouterConfig,
     routes: HashMap<u32, usize>,
+    /// The channels this SFT's workers named (the rest the peer attached).
+    own: HashSet<u32>,
     updates: mpsc::UnboundedReceiver<RouteUpdate>,
 }
 
@@ -91,7 +95,7 @@ pub struct Routing {
 
 impl LinkRouter {
     pub(super) fn new(link: LinkId, config: RouterConfig, updates: mpsc::UnboundedReceiver<RouteUpdate>) -> Self {
-        Self { link, config, routes: HashMap::new(), updates }
+        Self { link, config, routes: HashMap::new(), own: HashSet::new(), updates }
     }
 
     pub fn workers(&self) -> Workers {
@@ -115,8 +119,15 @@ impl LinkRouter {
         if let Control::Attach { channel, conf_id, .. } = &message {
             let Ok(conf_id) = ConfId::parse(conf_id) else { return routing };
             let channel = *channel;
-            if !self.routes.contains_key(&channel) && self.routes.len() >= self.config.max_conferences {
-                let rejection = Rejection::ConferenceCapacity;
+            let attached = self.routes.len() - self.own.len();
+            let refusal = if self.own.contains(&channel) {
+                Some(Rejection::ChannelInUse)
+            } else if !self.routes.contains_key(&channel) && attached >= self.config.max_conferences {
+                Some(Rejection::ConferenceCapacity)
+            } else {
+                None
+            };
+            if let Some(rejection) = refusal {
                 routing.refused = Some((Control::Refused { channel, reason: rejection.label().into() }, rejection));
                 return routing;
             }
@@ -144,7 +155,7 @@ impl LinkRouter {
         routing
     }
 
-    /// How many channels the link carries, in both directions.
+    /// How many channels the link carries, both sides' conferences.
     pub fn carried(&self) -> usize {
         self.routes.len()
     }
@@ -170,12 +181,14 @@ impl LinkRouter {
         match update {
             RouteUpdate::Route { channel, worker } => {
                 self.routes.insert(channel, worker);
+                self.own.insert(channel);
             }
             // Only the worker the channel is routed to may take the
             // route away: another may have taken the channel over since.
             RouteUpdate::Unroute { channel, worker } => {
                 if self.routes.get(&channel) == Some(&worker) {
                     self.routes.remove(&channel);
+                    self.own.remove(&channel);
                 }
             }
         }
@@ -260,14 +273,32 @@ mod tests {
     }
 
     #[test]
+    fn an_attach_naming_a_channel_of_this_sfts_own_is_refused() {
+        let (mut router, updates) = router(2, usize::MAX);
+        updates.send(RouteUpdate::Route { channel: 7, worker: 1 }).unwrap();
+        let refused = router.control(attach(7, "x"));
+        assert!(refused.deliveries.is_empty(), "the worker with conference 7 keeps it");
+        assert!(matches!(refused.refused, Some((Control::Refused { channel: 7, .. }, Rejection::ChannelInUse))));
+        assert_eq!(datagram_worker(&mut router, 7), Some(1));
+        // Once that conference let its channel go, the peer may name it.
+        updates.send(RouteUpdate::Unroute { channel: 7, worker: 1 }).unwrap();
+        assert!(router.control(attach(7, "x")).refused.is_none());
+    }
+
+    #[test]
     fn attaches_beyond_the_links_conference_cap_are_refused_across_workers() {
-        let (mut router, _updates) = router(2, 1);
-        let _x = router.control(attach(1, "x"));
+        let (mut router, updates) = router(2, 1);
+        // This SFT's own conferences on the link do not count against the peer's cap.
+        updates.send(RouteUpdate::Route { channel: 1 << 31, worker: 1 }).unwrap();
+        updates.send(RouteUpdate::Route { channel: (1 << 31) + 1, worker: 0 }).unwrap();
+        let x = router.control(attach(1, "x"));
+        assert!(x.refused.is_none());
         let refused = router.control(attach(2, "y"));
         assert!(refused.deliveries.is_empty());
         assert!(matches!(refused.refused, Some((Control::Refused { channel: 2, .. }, Rejection::ConferenceCapacity))));
         let again = router.control(attach(1, "x"));
         assert!(again.refused.is_none(), "a re-attach adds nothing to the count");
+
         assert!(router.control(attach(3, "bad id with spaces")).deliveries.is_empty());
     }
 }

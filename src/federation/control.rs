@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use super::credentials::SharedCredentials;
 use super::discovery::{Discovery, DiscoveryError};
 use super::trust::Rejection;
-use crate::core::ids::ConfId;
+use crate::core::ids::{canonical_domain, ConfId};
 use crate::drain::Drain;
 use crate::http::{self, Guard, PeerCertificate, Transport};
 use crate::metrics::Metrics;
@@ -126,7 +126,7 @@ async fn rpc(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ControlError> {
-    let origin = headers.get(ORIGIN_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let origin = canonical_domain(headers.get(ORIGIN_HEADER).and_then(|v| v.to_str().ok()).unwrap_or(""));
     let credentials = state.credentials.current();
     if let Err(rejection) = credentials.trust.admit(certificate.as_ref(), &origin) {
         state.metrics.federation_rejected(rejection.label());

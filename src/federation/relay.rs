@@ -1,4 +1,4 @@
-//! The media relay (`docs/contract.md` section 5.2): QUIC with mutual TLS, ALPN `sft-relay/1`,
+//! The media relay (`docs/contract.md` section 5.2): QUIC with mutual TLS, ALPN `sft-relay/2` or `/1`,
 //! media as datagrams, control on one bidirectional stream per connection.
 //! This file moves bytes; the edge driver decides what they mean.
 
@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 
 use super::trust::{Rejection, Trust};
 use super::{Admission, Federation};
-use crate::core::ids::LinkId;
+use crate::core::ids::{canonical_domain, LinkId};
 use crate::core::pacing::Pacer;
 use crate::metrics::DropReason;
 use crate::tls::TlsError;
-use crate::wire::{self, encode_control, Control, ALPN, MAX_CONTROL_FRAME};
+use crate::wire::{self, encode_control, Control, RelayVersion, ALPNS, MAX_CONTROL_FRAME};
 
 /// A silent peer is declared gone after this; keep-alives every second keep
 /// a healthy but idle link open.
@@ -55,7 +55,7 @@ pub fn reconfigure(endpoint: &quinn::Endpoint, trust: &Trust) -> Result<(), TlsE
 }
 
 fn server_config(trust: &Trust) -> Result<quinn::ServerConfig, TlsError> {
-    let server_tls = trust.server_config(&[ALPN])?;
+    let server_tls = trust.server_config(&ALPNS)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -64,12 +64,19 @@ fn server_config(trust: &Trust) -> Result<quinn::ServerConfig, TlsError> {
 }
 
 fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, TlsError> {
-    let tls = trust.client_config(&[ALPN])?;
+    let tls = trust.client_config(&ALPNS)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
     Ok(config)
+}
+
+/// The relay version `connection`'s two sides agreed on.
+pub fn version(connection: &Connection) -> RelayVersion {
+    let handshake =
+        connection.handshake_data().and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
+    RelayVersion::of_alpn(handshake.and_then(|h| h.protocol).as_deref())
 }
 
 /// Dials `domain`'s relay at `addr` with `trust`'s certificate, proves who
@@ -127,6 +134,7 @@ pub async fn accept(
         connection.close(1u32.into(), b"expected hello");
         return Err(Rejection::OriginMismatch);
     };
+    let domain = canonical_domain(&domain);
     if let Err(rejection) = trust.admit(certificate.as_ref(), &domain) {
         connection.close(2u32.into(), rejection.label().as_bytes());
         return Err(rejection);
@@ -162,7 +170,7 @@ pub async fn run_link(
     mut recv: RecvStream,
     inbound: bool,
 ) {
-    if !federation.admit_connection(&domain, &connection, !inbound) {
+    if !federation.admit_connection(&domain, &connection, !inbound, version(&connection)) {
         tracing::info!(peer = %domain, %link, inbound, "second relay connection closed: the link keeps the other one");
         connection.close(4u32.into(), b"duplicate connection");
         return;
@@ -170,6 +178,7 @@ pub async fn run_link(
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     tracing::info!(peer = %domain, %link, inbound, "relay link up");
     federation.metrics.federation_connection(&domain, inbound);
+    federation.metrics.link_state(&domain, "up");
     federation.remember_connection(&domain, &connection);
     let replies = control_tx.clone();
     let mut router = federation.edge.link_up(link, domain.clone(), connection.clone(), control_tx).await;
@@ -260,6 +269,9 @@ pub async fn run_link(
     tracing::info!(peer = %domain, %link, "relay link down");
     federation.forget_connection(&connection);
     federation.connection_ended(&domain, &connection);
+    if !federation.has_live_connection(&domain) {
+        federation.metrics.link_state(&domain, "down");
+    }
     federation.edge.link_down(link, connection.stable_id()).await;
 }
 

@@ -21,7 +21,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::core::ids::{ConfId, ConferenceKey, Identity};
+use crate::core::ids::{canonical_domain, ConfId, ConferenceKey, Identity};
 use crate::drain::Drain;
 use crate::edge::{offer, EdgeHandle, JoinRequest, LeaveOutcome, Owner};
 use crate::federation::{Federation, Rejection};
@@ -177,17 +177,17 @@ async fn join(
     // Parsed here, not on the media thread, so garbage costs no session a packet.
     let (offer, summary) =
         offer::parse(&setup.props.sdp).map_err(|e| ApiError::BadRequest(format!("SDP offer: {e}")))?;
-    let (anchor_domain, anchor_link) = match &setup.anchor {
-        Some(anchor) if anchor.domain != state.domain => {
+    let anchor_domain = setup.anchor.as_ref().map(|anchor| canonical_domain(&anchor.domain));
+    let (anchor_domain, anchor_link) = match anchor_domain {
+        Some(anchor) if anchor != state.domain => {
             let Some(federation) = &state.federation else {
                 state.metrics.federation_rejected(Rejection::FederationDisabled.label());
                 return Err(ApiError::FederationDenied(format!(
-                    "federation is off on this SFT; cannot join a conference anchored at {:?}",
-                    anchor.domain
+                    "federation is off on this SFT; cannot join a conference anchored at {anchor:?}"
                 )));
             };
-            let link = federation.anchor_link(&anchor.domain, conf_id.as_str()).await?;
-            (anchor.domain.clone(), Some(link))
+            let link = federation.anchor_link(&anchor, conf_id.as_str()).await?;
+            (anchor, Some(link))
         }
         _ => (state.domain.clone(), None),
     };

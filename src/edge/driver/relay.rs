@@ -14,7 +14,6 @@ impl Driver {
     ) {
         let now = Instant::now();
         let bytes_out = self.metrics.relay_bytes(&peer_domain, "out");
-        self.metrics.link_state(&peer_domain, "up");
         let entry = self.links.entry(link).or_insert_with(|| Link {
             peer_domain,
             connection: None,
@@ -63,7 +62,6 @@ impl Driver {
         l.connection = None;
         l.control = None;
         l.routes = None;
-        self.metrics.link_state(&l.peer_domain, "down");
         for (number, _) in self.channels.on_link(link) {
             if let Some(conference) = self.conferences.get_mut(&number) {
                 conference.link_lost(now, link);
