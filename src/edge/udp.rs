@@ -1,8 +1,12 @@
 //! The media socket: batched receive (recvmmsg + GRO) and segmented send
-//! (UDP GSO) through `quinn-udp`, which holds all the socket `unsafe`.
+//! (UDP GSO) through `quinn-udp`, and batched sends to many destinations
+//! (sendmmsg) through `nix`; those two crates hold all the socket `unsafe`.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
@@ -10,6 +14,8 @@ use tokio::net::UdpSocket;
 
 /// Large enough for a GRO-coalesced batch of full-size datagrams.
 const RECV_BUFFER_BYTES: usize = 64 * 1024;
+/// Datagrams one `sendmmsg` carries at most (as quinn-udp's receive batch).
+const SEND_BATCH: usize = 32;
 /// Socket buffers sized for bursts of keyframes to many receivers.
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
@@ -60,6 +66,12 @@ impl MediaSocket {
         self.socket.readable().await
     }
 
+    /// Waits until the socket can send: sends never wait, and until the
+    /// reactor has seen a new socket writable they drop.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.socket.writable().await
+    }
+
     /// Receives one batch without waiting and hands every datagram to
     /// `on_datagram`. Returns how many datagrams there were (0: nothing ready).
     pub fn recv_batch(&mut self, mut on_datagram: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
@@ -86,12 +98,16 @@ impl MediaSocket {
     }
 
     /// Sends and empties `queue`. Runs of datagrams to one destination go out
-    /// as one GSO send where their sizes allow. A full socket buffer drops
-    /// the rest of a run (UDP semantics: congestion control is the
-    /// endpoints' job); returns how many datagrams were dropped.
+    /// as one GSO send where their sizes allow; the datagrams between such
+    /// runs (one each to many receivers: a forwarded packet's fan-out) go out
+    /// together, [`SEND_BATCH`] per `sendmmsg`. A full socket buffer drops
+    /// what did not fit (UDP semantics: congestion control is the endpoints'
+    /// job); returns how many datagrams were dropped.
     pub fn send_all(&mut self, queue: &mut Vec<Datagram>) -> usize {
         let max_segments = self.state.max_gso_segments();
         let mut dropped = 0;
+        // Datagrams waiting to go out in one sendmmsg: queue[singles..start].
+        let mut singles = 0;
         let mut start = 0;
         while start < queue.len() {
             let first = &queue[start];
@@ -106,30 +122,129 @@ impl MediaSocket {
             {
                 end += 1;
             }
-            let run = &queue[start..end];
-            let contents: &[u8] = if run.len() == 1 {
-                &run[0].contents
-            } else {
-                self.gso_buffer.clear();
-                for datagram in run {
-                    self.gso_buffer.extend_from_slice(&datagram.contents);
-                }
-                &self.gso_buffer
-            };
-            let transmit = Transmit {
-                destination: first.destination,
-                ecn: None,
-                contents,
-                segment_size: (run.len() > 1).then_some(segment),
-                src_ip: None,
-            };
-            let sent = self.socket.try_io(Interest::WRITABLE, || self.state.send((&self.socket).into(), &transmit));
-            if sent.is_err() {
-                dropped += run.len();
+            if end - start > 1 {
+                dropped += self.send_each(&queue[singles..start]);
+                dropped += self.send_run(&queue[start..end], segment);
+                singles = end;
             }
             start = end;
         }
+        dropped += self.send_each(&queue[singles..]);
         queue.clear();
         dropped
+    }
+
+    /// Sends datagrams of one destination as one GSO send; returns how many
+    /// were dropped.
+    fn send_run(&mut self, run: &[Datagram], segment: usize) -> usize {
+        self.gso_buffer.clear();
+        for datagram in run {
+            self.gso_buffer.extend_from_slice(&datagram.contents);
+        }
+        let transmit = Transmit {
+            destination: run[0].destination,
+            ecn: None,
+            contents: &self.gso_buffer,
+            segment_size: Some(segment),
+            src_ip: None,
+        };
+        let sent = self.socket.try_io(Interest::WRITABLE, || self.state.send((&self.socket).into(), &transmit));
+        if sent.is_err() {
+            run.len()
+        } else {
+            0
+        }
+    }
+
+    /// Sends datagrams to any destinations, [`SEND_BATCH`] per system call;
+    /// returns how many were dropped.
+    fn send_each(&self, datagrams: &[Datagram]) -> usize {
+        if let [datagram] = datagrams {
+            // One alone: quinn-udp's send, without sendmmsg's set-up.
+            let transmit = Transmit {
+                destination: datagram.destination,
+                ecn: None,
+                contents: &datagram.contents,
+                segment_size: None,
+                src_ip: None,
+            };
+            let sent = self.socket.try_io(Interest::WRITABLE, || self.state.send((&self.socket).into(), &transmit));
+            return usize::from(sent.is_err());
+        }
+        let mut dropped = 0;
+        // The kernel's message headers: per call, not per datagram. (They
+        // hold raw pointers, so a worker, which moves to its thread, cannot
+        // keep them.)
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(datagrams.len().min(SEND_BATCH), None);
+        for batch in datagrams.chunks(SEND_BATCH) {
+            // On the stack: one buffer and one address per datagram.
+            let slices: [[IoSlice; 1]; SEND_BATCH] =
+                std::array::from_fn(|i| [IoSlice::new(batch.get(i).map_or(&[][..], |d| &d.contents[..]))]);
+            let addresses: [Option<SockaddrStorage>; SEND_BATCH] =
+                std::array::from_fn(|i| batch.get(i).map(|d| SockaddrStorage::from(d.destination)));
+            let sent = self.socket.try_io(Interest::WRITABLE, || {
+                let sent = sendmmsg(
+                    self.socket.as_raw_fd(),
+                    &mut headers,
+                    &slices[..batch.len()],
+                    &addresses[..batch.len()],
+                    [] as [ControlMessage; 0],
+                    MsgFlags::empty(),
+                );
+                sent.map(Iterator::count).map_err(io::Error::from)
+            });
+            // Fewer sent than asked: the socket buffer filled up.
+            dropped += batch.len() - sent.unwrap_or(0);
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receivers(count: usize) -> Vec<std::net::UdpSocket> {
+        (0..count)
+            .map(|_| {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                socket
+            })
+            .collect()
+    }
+
+    fn received(socket: &std::net::UdpSocket, count: usize) -> Vec<Vec<u8>> {
+        let mut buffer = [0u8; 2048];
+        (0..count)
+            .map(|_| {
+                let len = socket.recv(&mut buffer).unwrap();
+                buffer[..len].to_vec()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_and_runs_between_it_reach_every_destination_in_order() {
+        let mut socket = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket.writable().await.unwrap();
+        let to = receivers(40);
+        let datagram =
+            |n: usize, byte: u8| Datagram { destination: to[n].local_addr().unwrap(), contents: vec![byte; 100 + n] };
+        // One packet to each of 40 receivers (two sendmmsg batches), a run
+        // of three to receiver 0 (one GSO send), then 40 more singles.
+        let mut queue: Vec<Datagram> = (0..40).map(|n| datagram(n, 1)).collect();
+        queue.extend((0..3).map(|_| datagram(0, 2)));
+        queue.extend((0..40).map(|n| datagram(n, 3)));
+        assert_eq!(socket.send_all(&mut queue), 0, "nothing dropped");
+        assert!(queue.is_empty());
+        for (n, receiver) in to.iter().enumerate() {
+            let expected: Vec<Vec<u8>> = if n == 0 {
+                vec![vec![1; 100], vec![2; 100], vec![2; 100], vec![2; 100], vec![3; 100]]
+            } else {
+                vec![vec![1; 100 + n], vec![3; 100 + n]]
+            };
+            assert_eq!(received(receiver, expected.len()), expected, "receiver {n}");
+        }
     }
 }
