@@ -563,7 +563,7 @@ impl RawFederation {
         let strategy = match self.strategy.as_str() {
             "allowNone" => Strategy::AllowNone,
             "allowAll" => Strategy::AllowAll,
-            "allowList" => Strategy::AllowList(self.allow),
+            "allowList" => Strategy::AllowList(self.allow.iter().map(|domain| canonical_domain(domain)).collect()),
             other => {
                 return Err(ConfigError::Invalid {
                     key: "federation.strategy",

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::fed::{on, peers_table, rejected, Certs};
-use common::{wait_for, Peer, PeerOptions, TestSft, Video};
+use common::{wait_for, Peer, PeerOptions, Signalling, TestSft, Video};
 use sft::server::DrainOutcome;
 
 fn listener(domain: &str, conf: &str, user: &str, marker: u8) -> PeerOptions {
@@ -19,7 +19,8 @@ fn listener(domain: &str, conf: &str, user: &str, marker: u8) -> PeerOptions {
 async fn a_peer_attaches_no_more_conferences_than_the_anchor_allows() {
     let certs = Certs::new(&["a.example", "b.example"]);
     let a = TestSft::start(&certs.federation_toml("a.example", "127.0.0.1", "max_conferences_per_link = 1\n")).await;
-    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &peers_table(&[("a.example", &a)]))).await;
+    let to_a = format!("link_linger = 1\n{}", peers_table(&[("a.example", &a)]));
+    let b = TestSft::start(&certs.federation_toml("b.example", "127.0.0.2", &to_a)).await;
     let a1 = Peer::join(&a, listener("a.example", "first", "a1", 1)).await;
     let a2 = Peer::join(&a, listener("a.example", "second", "a2", 2)).await;
     let b1 = Peer::join(&b, listener("b.example", "first", "b1", 3)).await;
@@ -42,6 +43,17 @@ async fn a_peer_attaches_no_more_conferences_than_the_anchor_allows() {
     let heard = b1.heard(1);
     wait_for("b1 to keep hearing a1", || b1.heard(1) > heard + 10).await;
     assert_eq!(a1.participants(), vec!["a1".to_string(), "b1".to_string()]);
+    assert_eq!(rejected(&a, "conference-capacity").await, 1.0, "a refusal for capacity is not asked again");
+
+    // b let the refused conference go: once b1 leaves, nothing holds the
+    // link (b2 stays in a conference of its own) and it lingers out.
+    let http = reqwest::Client::new();
+    assert_eq!(http.delete(b.url(&format!("/sft/first/{}", b1.sessid))).send().await.unwrap().status(), 204);
+    b1.stop_publishing();
+    b.wait_for_metric("sft_federation_links{peer_domain=\"a.example\",state=\"up\"}", "b to give the link up", |v| {
+        v == 0.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

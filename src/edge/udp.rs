@@ -2,6 +2,7 @@
 //! (UDP GSO) through `quinn-udp`, and batched sends to many destinations
 //! (sendmmsg) through `nix`; those two crates hold all the socket `unsafe`.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -14,6 +15,14 @@ use tokio::net::UdpSocket;
 
 /// Large enough for a GRO-coalesced batch of full-size datagrams.
 const RECV_BUFFER_BYTES: usize = 64 * 1024;
+thread_local! {
+    /// The message headers `sendmmsg` fills, made once per thread (each
+    /// worker sends from its own): they hold raw pointers, so they are not
+    /// `Send`, and a socket, which moves to its worker's thread, cannot own
+    /// them. Made per call, they would cost two allocations a wake-up.
+    static SEND_HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> = const { RefCell::new(None) };
+}
+
 /// Datagrams one `sendmmsg` carries at most (as quinn-udp's receive batch).
 const SEND_BATCH: usize = 32;
 /// Socket buffers sized for bursts of keyframes to many receivers.
@@ -171,30 +180,53 @@ impl MediaSocket {
             let sent = self.socket.try_io(Interest::WRITABLE, || self.state.send((&self.socket).into(), &transmit));
             return usize::from(sent.is_err());
         }
+        SEND_HEADERS.with_borrow_mut(|headers| {
+            let headers = headers.get_or_insert_with(|| MultiHeaders::preallocate(SEND_BATCH, None));
+            self.send_batches(datagrams, headers)
+        })
+    }
+
+    /// [`Self::send_each`]'s batches, with the kernel's message headers.
+    fn send_batches(&self, datagrams: &[Datagram], headers: &mut MultiHeaders<SockaddrStorage>) -> usize {
         let mut dropped = 0;
-        // The kernel's message headers: per call, not per datagram. (They
-        // hold raw pointers, so a worker, which moves to its thread, cannot
-        // keep them.)
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(datagrams.len().min(SEND_BATCH), None);
         for batch in datagrams.chunks(SEND_BATCH) {
             // On the stack: one buffer and one address per datagram.
             let slices: [[IoSlice; 1]; SEND_BATCH] =
                 std::array::from_fn(|i| [IoSlice::new(batch.get(i).map_or(&[][..], |d| &d.contents[..]))]);
             let addresses: [Option<SockaddrStorage>; SEND_BATCH] =
                 std::array::from_fn(|i| batch.get(i).map(|d| SockaddrStorage::from(d.destination)));
-            let sent = self.socket.try_io(Interest::WRITABLE, || {
-                let sent = sendmmsg(
-                    self.socket.as_raw_fd(),
-                    &mut headers,
-                    &slices[..batch.len()],
-                    &addresses[..batch.len()],
-                    [] as [ControlMessage; 0],
-                    MsgFlags::empty(),
-                );
-                sent.map(Iterator::count).map_err(io::Error::from)
-            });
-            // Fewer sent than asked: the socket buffer filled up.
-            dropped += batch.len() - sent.unwrap_or(0);
+            // The kernel stops at the first datagram it cannot send: the
+            // rest get another call, unless the socket buffer is full.
+            let mut next = 0;
+            while next < batch.len() {
+                let sent = self.socket.try_io(Interest::WRITABLE, || {
+                    let sent = sendmmsg(
+                        self.socket.as_raw_fd(),
+                        &mut *headers,
+                        &slices[next..batch.len()],
+                        &addresses[next..batch.len()],
+                        [] as [ControlMessage; 0],
+                        MsgFlags::empty(),
+                    );
+                    sent.map(Iterator::count).map_err(io::Error::from)
+                });
+                match sent {
+                    Ok(sent) if sent > 0 => next += sent,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // This destination refused it (no route, too big for
+                    // the path, a firewall): only it loses the packet.
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                        tracing::debug!(destination = %batch[next].destination, "send failed: {e}");
+                        dropped += 1;
+                        next += 1;
+                    }
+                    // The socket buffer is full: UDP drops the rest.
+                    _ => {
+                        dropped += batch.len() - next;
+                        break;
+                    }
+                }
+            }
         }
         dropped
     }
@@ -222,6 +254,24 @@ mod tests {
                 buffer[..len].to_vec()
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_destination_that_refuses_loses_only_its_own_datagram() {
+        let mut socket = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket.writable().await.unwrap();
+        let to = receivers(2);
+        let datagram = |destination, byte| Datagram { destination, contents: vec![byte; 100] };
+        // An IPv6 destination from an IPv4 socket: the kernel refuses it
+        // in the middle of the batch.
+        let mut queue = vec![
+            datagram(to[0].local_addr().unwrap(), 1),
+            datagram("[::1]:9".parse().unwrap(), 2),
+            datagram(to[1].local_addr().unwrap(), 3),
+        ];
+        assert_eq!(socket.send_all(&mut queue), 1, "only the refused one is dropped");
+        assert_eq!(received(&to[0], 1), vec![vec![1; 100]]);
+        assert_eq!(received(&to[1], 1), vec![vec![3; 100]]);
     }
 
     #[tokio::test]

@@ -32,9 +32,27 @@ impl Federation {
         *ids.entry((domain.to_owned(), shared)).or_insert_with(next)
     }
 
-    /// How many channels `domain`'s link carries, as its reader counts them.
-    pub(crate) fn carried(&self, domain: &str) -> Arc<AtomicUsize> {
-        self.carried.lock().expect("links lock").entry(domain.to_owned()).or_default().clone()
+    /// The counter `connection`'s reader keeps of the channels it carries
+    /// on `link`: from now on, the link's count.
+    pub(crate) fn count_channels(&self, link: LinkId, connection: &quinn::Connection) -> Arc<AtomicUsize> {
+        let counter = Arc::new(AtomicUsize::new(0));
+        self.carried.lock().expect("links lock").insert(link, (connection.stable_id(), counter.clone()));
+        counter
+    }
+
+    /// `connection` no longer carries `link` (unless a newer one took over).
+    pub(crate) fn stop_counting(&self, link: LinkId, connection: &quinn::Connection) {
+        let mut carried = self.carried.lock().expect("links lock");
+        if carried.get(&link).is_some_and(|(id, _)| *id == connection.stable_id()) {
+            carried.remove(&link);
+        }
+    }
+
+    /// How many channels `link` carries now, both sides' conferences (none
+    /// without a connection).
+    pub(crate) fn carried(&self, link: LinkId) -> usize {
+        let carried = self.carried.lock().expect("links lock");
+        carried.get(&link).map_or(0, |(_, counter)| counter.load(Ordering::Acquire))
     }
 
     /// Whether a new connection with `domain` (`dialled_here` or accepted)
@@ -59,13 +77,11 @@ impl Federation {
         true
     }
 
-    /// `connection` no longer carries `domain`'s link: if it was the one
-    /// that did, the link carries nothing now.
+    /// `connection` no longer carries `domain`'s link.
     pub(crate) fn connection_ended(&self, domain: &str, connection: &quinn::Connection) {
         let mut live = self.live.lock().expect("links lock");
         if live.get(domain).is_some_and(|l| l.connection.stable_id() == connection.stable_id()) {
             live.remove(domain);
-            self.carried(domain).store(0, Ordering::Release);
         }
     }
 

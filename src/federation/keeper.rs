@@ -5,7 +5,6 @@
 //! reads the clock; the machine decides.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +53,6 @@ impl Federation {
         let (first, dialled) = oneshot::channel();
         let (rejoined, answers) = mpsc::unbounded_channel();
         let keeper = Keeper {
-            carried: self.carried(&domain),
             machine: LinkMachine::new(self.link_linger),
             federation: self.clone(),
             link,
@@ -94,9 +92,6 @@ struct Keeper {
     /// The anchor's relay address, from the `join` that made the link.
     relay: String,
     users: LinkUsers,
-    /// Channels the link carries (both directions), as its reader counts
-    /// them: the peer's conferences riding a link this SFT dialled keep it.
-    carried: Arc<AtomicUsize>,
     machine: LinkMachine,
     held: Option<Held>,
     /// The SETUP waiting for the first dial: it gets the first lease.
@@ -123,6 +118,8 @@ impl Keeper {
                 }
                 self.act(action).await;
             }
+            // Only now: an `Abandon` just handled needed its refusal.
+            self.refused.retain(|channel, _| self.machine.is_rejoining(*channel));
             let wake = self.machine.poll_timeout();
             let ended = async {
                 match self.held.as_mut() {
@@ -163,13 +160,12 @@ impl Keeper {
         // Under the map's lock, so that no SETUP takes a lease on a link
         // being given up (`lease_link` leases under the same lock).
         let mut outbound = self.federation.outbound.lock().expect("links lock");
-        let in_use = self.users.count() > 0 || self.carried.load(Ordering::Acquire) > 0;
+        let in_use = self.users.count() > 0 || self.federation.carried(self.link) > 0;
         self.machine.handle_in_use(now, in_use);
         self.machine.handle_timeout(now, self.federation.allows(&self.domain));
         if self.machine.gave_up() && outbound.get(&self.domain).is_some_and(|o| o.users.same(&self.users)) {
             outbound.remove(&self.domain);
         }
-        self.refused.retain(|channel, _| self.machine.is_rejoining(*channel));
     }
 
     #[allow(clippy::disallowed_methods)] // the shell reads the clock for the machine

@@ -59,9 +59,9 @@ pub struct Federation {
     link_ids: Mutex<HashMap<(String, bool), LinkId>>,
     /// The `sft-relay/2` connection each peer domain's link runs on now.
     live: Mutex<HashMap<String, connections::LiveConnection>>,
-    /// Channels each peer domain's link carries now (both directions), as
-    /// its reader last counted them.
-    carried: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Channels each link carries now (both sides' conferences), as the
+    /// reader of its current connection (by `stable_id`) counts them.
+    carried: Mutex<HashMap<LinkId, (usize, Arc<AtomicUsize>)>>,
     /// Held while a first dial to an anchor domain is under way.
     dial_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Every live relay connection and its peer's domain, by `stable_id`:

@@ -232,7 +232,7 @@ pub async fn run_link(
     };
     // Both reads are cancel-safe: a datagram arriving drops nothing of a
     // control message waiting, and the other way round.
-    let carried = federation.carried(&domain);
+    let carried = federation.count_channels(link, &connection);
     let route = async {
         loop {
             carried.store(router.carried(), Ordering::Release);
@@ -269,6 +269,7 @@ pub async fn run_link(
     tracing::info!(peer = %domain, %link, "relay link down");
     federation.forget_connection(&connection);
     federation.connection_ended(&domain, &connection);
+    federation.stop_counting(link, &connection);
     if !federation.has_live_connection(&domain) {
         federation.metrics.link_state(&domain, "down");
     }
