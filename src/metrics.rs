@@ -77,8 +77,9 @@ pub enum Rejection {
     Draining,
     /// A control message that had to wait for `federation.max_control_rate`.
     ControlRate,
-    /// An attach naming a channel that carries one of this SFT's own
-    /// conferences (a peer outside its half of the channel numbers).
+    /// An attach naming a channel outside the peer's half of the channel
+    /// numbers (`sft-relay/2`), or one that carries a conference of this
+    /// SFT's own.
     ChannelInUse,
 }
 

@@ -24,6 +24,9 @@ use sft::wire::{encode_control, Control};
 /// The anchor's conference size limit: two clients of its own, so a roster
 /// from the hostile peer has room for ten.
 const MAX_CONFERENCE_SIZE: usize = 12;
+/// The hostile peer's channel: b.example sorts after a.example, so its
+/// half of the channel numbers (`sft-relay/2`) has bit 31 set.
+const CHANNEL: u32 = 1 << 31 | 1;
 
 fn entry(id: u64, userid: &str, domain: &str) -> RosterEntry {
     RosterEntry {
@@ -122,7 +125,7 @@ async fn a_peer_that_lies_and_floods_is_dropped_capped_throttled_and_counted() {
     let answer = control.join("a.example", "victim", "b.example").await.unwrap();
     let endpoint = relay::endpoint(&trust, "127.0.0.2:0".parse().unwrap()).unwrap();
     let (_connection, mut send, mut recv) = relay::dial(&endpoint, &trust, "a.example", &answer.relay).await.unwrap();
-    let attach = Control::Attach { channel: 1, conf_id: "victim".into(), relay_token: answer.relay_token };
+    let attach = Control::Attach { channel: CHANNEL, conf_id: "victim".into(), relay_token: answer.relay_token };
     send.write_all(&encode_control(&attach)).await.unwrap();
     // The anchor answers with its roster: a1's id in its numbering.
     let a1_id = tokio::time::timeout(common::TIMEOUT, async {
@@ -140,7 +143,7 @@ async fn a_peer_that_lies_and_floods_is_dropped_capped_throttled_and_counted() {
     // Lies: two participants of a.example, then 2,000 of its own.
     let mut roster = vec![entry(1, "mallory", "a.example"), entry(2, "trudy", "a.example")];
     roster.extend((10..2010).map(|id| entry(id, &format!("b{id}"), "b.example")));
-    send.write_all(&encode_control(&Control::Roster { channel: 1, participants: roster })).await.unwrap();
+    send.write_all(&encode_control(&Control::Roster { channel: CHANNEL, participants: roster })).await.unwrap();
     let mut polls = 0;
     while rejected(&a, "roster-capacity").await == 0.0 {
         polls += 1;
@@ -164,7 +167,9 @@ async fn a_peer_that_lies_and_floods_is_dropped_capped_throttled_and_counted() {
     let plis_before = a1.plis_received();
     let heard_before = (a3.heard(4), a4.heard(3), a2.heard(1));
     let flood: Vec<u8> = (0..3000)
-        .flat_map(|_| encode_control(&Control::Keyframe { channel: 1, publisher: a1_id, layer: Some(Layer::High) }))
+        .flat_map(|_| {
+            encode_control(&Control::Keyframe { channel: CHANNEL, publisher: a1_id, layer: Some(Layer::High) })
+        })
         .collect();
     let flooding = std::time::Instant::now();
     send.write_all(&flood).await.unwrap();

@@ -155,6 +155,12 @@ pub fn channel_of(number: u64, own_domain: &str, anchor_domain: &str) -> u32 {
     (number as u32 & !(1 << 31)) | half
 }
 
+/// Whether `channel` lies in the half of the channel numbers that the SFT
+/// of domain `namer` names on its link with `other` (see [`channel_of`]).
+pub fn in_half_of(channel: u32, namer: &str, other: &str) -> bool {
+    (channel >> 31 == 1) == (namer > other)
+}
+
 /// Which conference (driver number) each (link, channel) carries, and back.
 #[derive(Default)]
 pub struct Channels {
@@ -243,6 +249,10 @@ mod tests {
         assert_eq!(channel_of(7, "a.example", "b.example"), 7);
         assert_eq!(channel_of(7, "b.example", "a.example"), 7 | 1 << 31);
         assert_eq!(channel_of(u64::from(u32::MAX) + 8, "a.example", "b.example"), 7, "wraps within its half");
+        for (own, peer) in [("a.example", "b.example"), ("b.example", "a.example")] {
+            let channel = channel_of(12, own, peer);
+            assert!(in_half_of(channel, own, peer) && !in_half_of(channel, peer, own), "{own}'s channel");
+        }
     }
 
     #[test]

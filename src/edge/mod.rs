@@ -220,13 +220,16 @@ impl EdgeHandle {
     }
 
     /// A relay link is up: every worker may send on it, and the returned
-    /// router hands what the peer sends to the right worker.
+    /// router hands what the peer sends to the right worker. `halves`: the
+    /// link speaks `sft-relay/2`, where each side names its own half of the
+    /// channels.
     pub(crate) async fn link_up(
         &self,
         link: LinkId,
         peer_domain: String,
         connection: quinn::Connection,
         control: mpsc::Sender<Control>,
+        halves: bool,
     ) -> LinkRouter {
         let (routes, updates) = mpsc::unbounded_channel::<RouteUpdate>();
         for worker in self.workers.iter() {
@@ -242,6 +245,7 @@ impl EdgeHandle {
         let router = relay_routes::RouterConfig {
             domain: self.domain.clone(),
             max_conferences: self.max_conferences_per_link,
+            halves_with: halves.then_some(peer_domain),
             workers: self.workers.clone(),
             placement: self.placement.clone(),
         };

@@ -26,6 +26,7 @@ use crate::core::ids::{ConfId, ConferenceKey, LinkId};
 use crate::metrics::Rejection;
 use crate::wire::{Control, MediaFrame};
 
+use super::links::in_half_of;
 use super::placement::Placement;
 use super::Command;
 
@@ -47,6 +48,9 @@ pub struct RouterConfig {
     pub domain: String,
     /// Conferences one link may carry (`federation.max_conferences_per_link`).
     pub max_conferences: usize,
+    /// On a `sft-relay/2` link, the peer's domain: its attaches must name
+    /// channels in its half of the numbers.
+    pub halves_with: Option<String>,
     pub workers: Arc<[mpsc::Sender<Command>]>,
     pub placement: Arc<Placement>,
 }
@@ -120,7 +124,9 @@ impl LinkRouter {
             let Ok(conf_id) = ConfId::parse(conf_id) else { return routing };
             let channel = *channel;
             let attached = self.routes.len() - self.own.len();
-            let refusal = if self.own.contains(&channel) {
+            let outside_half =
+                self.config.halves_with.as_ref().is_some_and(|peer| !in_half_of(channel, peer, &self.config.domain));
+            let refusal = if outside_half || self.own.contains(&channel) {
                 Some(Rejection::ChannelInUse)
             } else if !self.routes.contains_key(&channel) && attached >= self.config.max_conferences {
                 Some(Rejection::ConferenceCapacity)
@@ -205,6 +211,7 @@ mod tests {
         let config = RouterConfig {
             domain: "a.example".into(),
             max_conferences,
+            halves_with: None,
             workers: senders.into(),
             placement: Arc::new(Placement::new(workers)),
         };
@@ -270,6 +277,16 @@ mod tests {
         assert_eq!(datagram_worker(&mut router, 9), Some(1), "worker 0 no longer owns it");
         updates.send(RouteUpdate::Unroute { channel: 9, worker: 1 }).unwrap();
         assert_eq!(datagram_worker(&mut router, 9), None);
+    }
+
+    #[test]
+    fn on_a_version_2_link_an_attach_outside_the_peers_half_is_refused() {
+        let (mut router, _updates) = router(1, usize::MAX);
+        router.config.halves_with = Some("b.example".into());
+        // b.example sorts after a.example: its channels have bit 31 set.
+        let refused = router.control(attach(7, "x"));
+        assert!(matches!(refused.refused, Some((Control::Refused { channel: 7, .. }, Rejection::ChannelInUse))));
+        assert!(router.control(attach(7 | 1 << 31, "x")).refused.is_none());
     }
 
     #[test]

@@ -181,7 +181,8 @@ pub async fn run_link(
     federation.metrics.link_state(&domain, "up");
     federation.remember_connection(&domain, &connection);
     let replies = control_tx.clone();
-    let mut router = federation.edge.link_up(link, domain.clone(), connection.clone(), control_tx).await;
+    let halves = version(&connection) == RelayVersion::V2;
+    let mut router = federation.edge.link_up(link, domain.clone(), connection.clone(), control_tx, halves).await;
     let workers = router.workers();
     // Admitted control messages, from the stream reader to the task that
     // routes (which owns the router, so datagrams need no lock to route).
