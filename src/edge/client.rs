@@ -314,6 +314,19 @@ impl Client {
     }
 }
 
+/// How many sent video packets, and for how long, a receive slot keeps to
+/// answer NACKs with: what str0m keeps by default.
+const RESEND_CACHE_PACKETS: usize = 2000;
+const RESEND_CACHE_AGE: Duration = Duration::from_secs(3);
+/// The largest share of a slot's bytes in the last second that may be
+/// resends before str0m drops the queued ones. str0m's default, 15 %, is
+/// one or two packets a second at a low layer's 25 packets a second: with
+/// 5 % loss, and a NACK repeated each time a resend is late or lost, the
+/// cap was hit often enough that a lost packet stayed lost and the video
+/// froze until the next keyframe. Half still bounds what a client's NACK
+/// flood can make the SFT send it (no more resent than fresh bytes).
+const RESEND_SHARE_CAP: Option<f32> = Some(0.5);
+
 fn slot_tx(rtc: &mut Rtc, mid: &str) -> Option<SlotTx> {
     let mid = Mid::from(mid);
     let media = rtc.media(mid)?;
@@ -329,6 +342,11 @@ fn slot_tx(rtc: &mut Rtc, mid: &str) -> Option<SlotTx> {
         })
         .map(|p| (p.spec().codec, *p))
         .collect();
-    let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+    let mut api = rtc.direct_api();
+    let stream = api.stream_tx_by_mid(mid, None)?;
+    if kind == RtcKind::Video {
+        stream.set_rtx_cache(RESEND_CACHE_PACKETS, RESEND_CACHE_AGE, RESEND_SHARE_CAP);
+    }
+    let ssrc = stream.ssrc();
     Some(SlotTx { mid, ssrc, payload_types })
 }
