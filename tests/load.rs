@@ -64,6 +64,44 @@ async fn three_participants_join_hear_each_other_and_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_str0m_participants_join_two_simulcast_calls_and_hear_everyone() {
+    let _one = common::one_big_call_at_a_time().await;
+    let sft = TestSft::start("").await;
+    let args = [
+        "--engine".into(),
+        "str0m".into(),
+        "--sft".into(),
+        sft.url(""),
+        "--conferences".into(),
+        "2".into(),
+        "--participants".into(),
+        "4".into(),
+        "--simulcast".into(),
+        "--video-kbps".into(),
+        "300".into(),
+        "--duration".into(),
+        "5".into(),
+        "--json".into(),
+    ];
+    let report = sft_load(&args).await;
+    assert_eq!(report["engine"], "str0m", "{report:#}");
+    assert_everyone_heard_everyone(&report, 8);
+    // Not zero: eight light peers and a debug-build SFT share two cores
+    // with whatever else the machine runs.
+    assert!(report["loss_percent"].as_f64().unwrap() < 1.0, "{report:#}");
+    // Simulcast reached the SFT as three layers: on an unimpaired path every
+    // slot ends on `h` (the tagged keyframes name the layer's width).
+    for peer in report["per_peer"].as_array().unwrap() {
+        let seconds = peer["layers_over_time"].as_array().unwrap();
+        let last = seconds.last().and_then(Value::as_str).unwrap_or_default();
+        assert_eq!(last, "hhh", "{}: {seconds:?}", peer["userid"]);
+    }
+    assert_eq!(sft.metric("sft_join_duration_seconds_count").await, 8.0);
+    // A light peer closes its session (DTLS close_notify) when the run ends.
+    sft.wait_for_metric("sft_participants{role=\"local\"}", "the light peers leaving", |left| left == 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conference_spread_over_two_federated_sfts() {
     let _one = common::one_big_call_at_a_time().await;
     let certs = Certs::new(&["a.example", "b.example"]);

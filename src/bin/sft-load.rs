@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use sft::load::impair::Impairment;
+use sft::load::peer::Engine;
 use sft::load::report::verdict;
 use sft::load::run::{self, LoadPlan, Progress};
 use sft::load::usage::Probe;
@@ -65,6 +66,10 @@ struct Args {
     /// apply to (default: all).
     #[arg(long)]
     impaired: Option<usize>,
+    /// The participants' WebRTC stack: full webrtc-rs peers, or light str0m
+    /// sessions that let one process drive hundreds of participants.
+    #[arg(long, value_enum, default_value_t = Engine::WebrtcRs)]
+    engine: Engine,
     /// Print the report as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
@@ -101,6 +106,7 @@ fn plan(args: &Args) -> Result<LoadPlan, String> {
         probes,
         impairment: impairment(args),
         impaired: args.impaired.unwrap_or(args.participants),
+        engine: args.engine,
     })
 }
 

@@ -3,6 +3,7 @@
 //! dialled), watches it, asks the anchor again for conferences it refuses,
 //! and gives the link up when the machine says so. It moves bytes and
 //! reads the clock; the machine decides.
+#![allow(clippy::disallowed_methods)] // the shell reads the clock for the machine
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,7 +105,6 @@ struct Keeper {
 }
 
 impl Keeper {
-    #[allow(clippy::disallowed_methods)] // the shell reads the clock for the machine
     async fn run(
         mut self,
         mut refusals: mpsc::UnboundedReceiver<Refusal>,
@@ -168,7 +168,6 @@ impl Keeper {
         }
     }
 
-    #[allow(clippy::disallowed_methods)] // the shell reads the clock for the machine
     async fn act(&mut self, action: LinkAction) {
         let (domain, link) = (&self.domain, self.link);
         match action {
@@ -208,7 +207,6 @@ impl Keeper {
         }
     }
 
-    #[allow(clippy::disallowed_methods)] // the shell reads the clock for the machine
     async fn dial(&mut self, timeout: Duration) {
         let federation = &self.federation;
         if !federation.has_live_connection(&self.domain) {
@@ -245,7 +243,6 @@ impl Keeper {
 
     /// The link is up on `held`; the first time, the SETUP that asked gets
     /// its lease, and the link is there for every later one.
-    #[allow(clippy::disallowed_methods)] // the shell reads the clock for the machine
     fn up(&mut self, held: Held) {
         self.machine.handle_dialled(Instant::now(), Ok(()));
         self.heard = held.connection.stats().udp_rx.datagrams;
@@ -268,7 +265,6 @@ impl Keeper {
             }
             (Err(why), _) => {
                 tracing::info!(peer = %self.domain, channel, "asking the anchor again failed: {why}");
-                #[allow(clippy::disallowed_methods)] // the shell reads the clock for the machine
                 self.machine.handle_refused(Instant::now(), channel, Refused::Token);
             }
             (Ok(_), None) => {}
@@ -291,8 +287,12 @@ impl Keeper {
                 tracing::info!(peer = %domain, %link, "relay link given up: no conference uses it")
             }
         }
-        if let Some(held) = self.held.filter(|held| !held.borrowed) {
-            held.connection.close(0u32.into(), b"link given up");
+        match self.held {
+            // The peer's connection stays for its own conferences; only
+            // the watch on it ends.
+            Some(held) if held.borrowed => held.ended.abort(),
+            Some(held) => held.connection.close(0u32.into(), b"link given up"),
+            None => {}
         }
         if !self.federation.has_live_connection(domain) {
             self.federation.metrics.link_state(domain, "down");

@@ -4,6 +4,7 @@
 //! feature; the integration tests use the same peers.
 
 pub mod impair;
+pub mod light_peer;
 pub mod peer;
 pub mod report;
 pub mod rtc;

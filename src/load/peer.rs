@@ -14,18 +14,32 @@ use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
 use super::impair::{ImpairedPath, Impairment};
+use super::light_peer::{self, LightSession};
 use super::rtc::{self, KeyframeRequests, VideoTrack};
 use super::stats::{ReceiveStats, Received};
 use super::synthetic::{self, Tag};
 use super::LoadError;
 
-const FRAME_INTERVAL: Duration = Duration::from_millis(33);
-const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
-const AUDIO_FRAME_BYTES: usize = 80;
+pub(super) const FRAME_INTERVAL: Duration = Duration::from_millis(33);
+pub(super) const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
+pub(super) const AUDIO_FRAME_BYTES: usize = 80;
 /// A keyframe this often even without a PLI, like a real encoder's GOP.
-const KEYFRAME_EVERY: usize = 90;
+pub(super) const KEYFRAME_EVERY: usize = 90;
 /// Waits for the SETUP answer and for ICE + DTLS + the data channel.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Which WebRTC stack a load participant runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// A full webrtc-rs peer connection (interceptors, a task per track):
+    /// what a real client does, at a few dozen participants per core.
+    #[default]
+    WebrtcRs,
+    /// A light str0m session in RTP mode (`light_peer.rs`): real ICE,
+    /// DTLS-SRTP and data channel, hundreds of participants per core.
+    Str0m,
+}
 
 /// What one peer does.
 #[derive(Debug, Clone)]
@@ -46,14 +60,24 @@ pub struct PeerPlan {
     pub video_slots: usize,
     /// What the network does to the SFT-to-peer direction; `None`: nothing.
     pub impairment: Option<Impairment>,
+    pub engine: Engine,
 }
 
 /// A joined peer.
 pub struct LoadPeer {
     pub plan: PeerPlan,
-    pc: Arc<RTCPeerConnection>,
     pub stats: Arc<Mutex<ReceiveStats>>,
     pub join_latency: Duration,
+    session: Session,
+}
+
+enum Session {
+    WebrtcRs(WebrtcRsSession),
+    Str0m(LightSession),
+}
+
+struct WebrtcRsSession {
+    pc: Arc<RTCPeerConnection>,
     publishing: Arc<AtomicBool>,
     /// Between the peer and the SFT, when the plan impairs it.
     _path: Option<ImpairedPath>,
@@ -62,67 +86,98 @@ pub struct LoadPeer {
 impl LoadPeer {
     /// Joins and starts publishing; `epoch` is the run's clock for tags.
     pub async fn join(plan: PeerPlan, epoch: Instant, http: &reqwest::Client) -> Result<Self, LoadError> {
-        let pc = rtc::loopback_peer_connection().await?;
-        let publishing = Arc::new(AtomicBool::new(true));
-        let mut audio = None;
-        let mut video = None;
-        if plan.publish {
-            audio = Some(rtc::add_audio(&pc, &plan.userid).await?);
-            video = Some(rtc::add_video(&pc, &plan.userid, plan.simulcast).await?);
-        }
-        rtc::add_receive_slots(&pc, plan.audio_slots, plan.video_slots).await?;
         let stats = Arc::new(Mutex::new(ReceiveStats::default()));
-        record_received(&pc, stats.clone(), epoch);
-        let (opened_tx, opened) = tokio::sync::oneshot::channel();
-        let opened_tx = Mutex::new(Some(opened_tx));
-        let channel = pc.create_data_channel("sft", None).await?;
-        channel.on_open(Box::new(move || {
-            if let Some(tx) = opened_tx.lock().expect("open lock").take() {
-                let _ = tx.send(());
+        let (session, join_latency) = match plan.engine {
+            Engine::WebrtcRs => join_webrtc_rs(&plan, epoch, http, stats.clone()).await?,
+            Engine::Str0m => {
+                let (session, join_latency) = light_peer::join(&plan, epoch, http, stats.clone()).await?;
+                (Session::Str0m(session), join_latency)
             }
-            Box::pin(async {})
-        }));
-        let offer = pc.create_offer(None).await?;
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(offer).await?;
-        let _ = gathered.recv().await;
-        let sdp = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
-
-        let started = Instant::now();
-        let answer = tokio::time::timeout(JOIN_TIMEOUT, setup(http, &plan, &sdp))
-            .await
-            .map_err(|_| LoadError::Join(plan.userid.clone(), "no SETUP answer".into()))??;
-        let (answer, path) = match plan.impairment {
-            Some(impairment) => {
-                let (answer, path) = through_impaired_path(&answer, impairment)
-                    .await
-                    .map_err(|why| LoadError::Join(plan.userid.clone(), why))?;
-                (answer, Some(path))
-            }
-            None => (answer, None),
         };
-        pc.set_remote_description(RTCSessionDescription::answer(answer)?).await?;
-        tokio::time::timeout(JOIN_TIMEOUT.saturating_sub(started.elapsed()), opened)
-            .await
-            .map_err(|_| LoadError::Join(plan.userid.clone(), "the data channel never opened".into()))?
-            .map_err(|_| LoadError::Join(plan.userid.clone(), "the connection closed".into()))?;
-        let join_latency = started.elapsed();
-
-        if let Some(track) = audio {
-            tokio::spawn(publish_audio(track, plan.sender, epoch, publishing.clone()));
-        }
-        if let Some((tracks, sender)) = video {
-            let keyframes_wanted = rtc::watch_plis(&sender, &tracks);
-            let layers = Layers { tracks, video_kbps: plan.video_kbps };
-            tokio::spawn(publish_video(layers, plan.sender, epoch, keyframes_wanted, publishing.clone()));
-        }
-        Ok(Self { plan, pc, stats, join_latency, publishing, _path: path })
+        Ok(Self { plan, stats, join_latency, session })
     }
 
-    pub async fn close(&self) {
-        self.publishing.store(false, Ordering::Relaxed);
-        let _ = self.pc.close().await;
+    pub async fn close(&mut self) {
+        match &mut self.session {
+            Session::WebrtcRs(session) => {
+                session.publishing.store(false, Ordering::Relaxed);
+                let _ = session.pc.close().await;
+            }
+            Session::Str0m(session) => session.close().await,
+        }
     }
+}
+
+/// Sends `offer` in SETUP and returns the answer (pointing at an impaired
+/// path when the plan has one), the path, and when the SETUP was sent.
+pub(super) async fn negotiate(
+    plan: &PeerPlan,
+    http: &reqwest::Client,
+    offer: &str,
+) -> Result<(String, Option<ImpairedPath>, Instant), LoadError> {
+    let started = Instant::now();
+    let answer = tokio::time::timeout(JOIN_TIMEOUT, setup(http, plan, offer))
+        .await
+        .map_err(|_| LoadError::Join(plan.userid.clone(), "no SETUP answer".into()))??;
+    match plan.impairment {
+        Some(impairment) => {
+            let (answer, path) = through_impaired_path(&answer, impairment)
+                .await
+                .map_err(|why| LoadError::Join(plan.userid.clone(), why))?;
+            Ok((answer, Some(path), started))
+        }
+        None => Ok((answer, None, started)),
+    }
+}
+
+async fn join_webrtc_rs(
+    plan: &PeerPlan,
+    epoch: Instant,
+    http: &reqwest::Client,
+    stats: Arc<Mutex<ReceiveStats>>,
+) -> Result<(Session, Duration), LoadError> {
+    let pc = rtc::loopback_peer_connection().await?;
+    let publishing = Arc::new(AtomicBool::new(true));
+    let mut audio = None;
+    let mut video = None;
+    if plan.publish {
+        audio = Some(rtc::add_audio(&pc, &plan.userid).await?);
+        video = Some(rtc::add_video(&pc, &plan.userid, plan.simulcast).await?);
+    }
+    rtc::add_receive_slots(&pc, plan.audio_slots, plan.video_slots).await?;
+    record_received(&pc, stats, epoch);
+    let (opened_tx, opened) = tokio::sync::oneshot::channel();
+    let opened_tx = Mutex::new(Some(opened_tx));
+    let channel = pc.create_data_channel("sft", None).await?;
+    channel.on_open(Box::new(move || {
+        if let Some(tx) = opened_tx.lock().expect("open lock").take() {
+            let _ = tx.send(());
+        }
+        Box::pin(async {})
+    }));
+    let offer = pc.create_offer(None).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer).await?;
+    let _ = gathered.recv().await;
+    let sdp = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
+
+    let (answer, path, started) = negotiate(plan, http, &sdp).await?;
+    pc.set_remote_description(RTCSessionDescription::answer(answer)?).await?;
+    tokio::time::timeout(JOIN_TIMEOUT.saturating_sub(started.elapsed()), opened)
+        .await
+        .map_err(|_| LoadError::Join(plan.userid.clone(), "the data channel never opened".into()))?
+        .map_err(|_| LoadError::Join(plan.userid.clone(), "the connection closed".into()))?;
+    let join_latency = started.elapsed();
+
+    if let Some(track) = audio {
+        tokio::spawn(publish_audio(track, plan.sender, epoch, publishing.clone()));
+    }
+    if let Some((tracks, sender)) = video {
+        let keyframes_wanted = rtc::watch_plis(&sender, &tracks);
+        let layers = Layers { tracks, video_kbps: plan.video_kbps };
+        tokio::spawn(publish_video(layers, plan.sender, epoch, keyframes_wanted, publishing.clone()));
+    }
+    Ok((Session::WebrtcRs(WebrtcRsSession { pc, publishing, _path: path }), join_latency))
 }
 
 /// `docs/contract.md`'s SETUP request carrying the offer `sdp`. With
@@ -183,17 +238,15 @@ fn record_received(pc: &RTCPeerConnection, stats: Arc<Mutex<ReceiveStats>>, epoc
         let video = track.kind() == RTPCodecType::Video;
         tokio::spawn(async move {
             while let Ok((packet, _)) = track.read_rtp().await {
-                let tagged = synthetic::read_tag(&packet.payload, video)
-                    .map(|tag| (tag.sender, micros_since(epoch).saturating_sub(tag.sent_micros)));
-                let received = Received {
-                    ssrc: packet.header.ssrc,
-                    seq: packet.header.sequence_number,
-                    marker: packet.header.marker,
+                let header = &packet.header;
+                let received = Received::parse(
+                    header.ssrc,
+                    header.sequence_number,
+                    header.marker,
                     video,
-                    payload_len: packet.payload.len(),
-                    keyframe_width: video.then(|| synthetic::keyframe_width(&packet.payload)).flatten(),
-                    tagged,
-                };
+                    &packet.payload,
+                    micros_since(epoch),
+                );
                 stats.lock().expect("stats lock").record(&received);
             }
         });
@@ -231,15 +284,13 @@ pub fn layer_of_width(width: u16) -> &'static str {
     LAYER_SHAPES.iter().find(|(_, w, _, _)| *w == width).map_or("?", |(rid, _, _, _)| rid)
 }
 
-impl Layers {
-    /// Picture size and frame bytes of a layer; keyframes are 3× larger.
-    fn shape(&self, rid: &str, keyframe: bool) -> (u16, u16, usize) {
-        let (_, width, height, divisor) =
-            LAYER_SHAPES.iter().copied().find(|(r, ..)| *r == rid).unwrap_or(LAYER_SHAPES[2]);
-        let frames_per_second = 1000 / FRAME_INTERVAL.as_millis() as usize;
-        let bytes = self.video_kbps as usize * 1000 / 8 / divisor / frames_per_second;
-        (width, height, if keyframe { bytes * 3 } else { bytes })
-    }
+/// Picture size and frame bytes of layer `rid` at `video_kbps` for the top
+/// layer; keyframes are 3× larger.
+pub(super) fn layer_frame(rid: &str, keyframe: bool, video_kbps: u32) -> (u16, u16, usize) {
+    let (_, width, height, divisor) = LAYER_SHAPES.iter().copied().find(|(r, ..)| *r == rid).unwrap_or(LAYER_SHAPES[2]);
+    let frames_per_second = 1000 / FRAME_INTERVAL.as_millis() as usize;
+    let bytes = video_kbps as usize * 1000 / 8 / divisor / frames_per_second;
+    (width, height, if keyframe { bytes * 3 } else { bytes })
 }
 
 async fn publish_video(
@@ -265,7 +316,7 @@ async fn publish_video(
         }
         for ((track, rid), frame) in layers.tracks.iter().zip(&mut frames) {
             let keyframe = frame.is_multiple_of(KEYFRAME_EVERY);
-            let (width, height, size) = layers.shape(rid, keyframe);
+            let (width, height, size) = layer_frame(rid, keyframe, layers.video_kbps);
             let tag = Tag { sender, sent_micros: micros_since(epoch) };
             let sample = Sample {
                 data: synthetic::video_frame(tag, keyframe, width, height, size).into(),

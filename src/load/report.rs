@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::peer::PeerPlan;
+use super::peer::{Engine, PeerPlan};
 use super::run::LoadPlan;
 use super::stats::{percentile, Totals};
 use crate::process::Usage;
@@ -16,6 +16,7 @@ const LAYER_ROWS: usize = 12;
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub sfts: Vec<String>,
+    pub engine: Engine,
     pub conferences: usize,
     pub participants: usize,
     pub publishers: usize,
@@ -174,6 +175,7 @@ impl Report {
             .collect();
         Self {
             sfts: plan.sfts.clone(),
+            engine: plan.engine,
             conferences: plan.conferences,
             participants: plan.participants,
             publishers: plan.publishers,
@@ -208,11 +210,15 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "sft-load: {} conference(s) × {} participants ({} publishing{}), {:.0} s window",
+            "sft-load: {} conference(s) × {} participants ({} publishing{}, {}), {:.0} s window",
             self.conferences,
             self.participants,
             self.publishers,
             if self.simulcast { ", simulcast" } else { "" },
+            match self.engine {
+                Engine::WebrtcRs => "webrtc-rs",
+                Engine::Str0m => "str0m",
+            },
             self.window_seconds
         );
         let rows = [

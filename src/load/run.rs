@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::impair::Impairment;
-use super::peer::{layer_of_width, LoadPeer, PeerPlan};
+use super::peer::{layer_of_width, Engine, LoadPeer, PeerPlan};
 use super::report::{PeerReport, Received, Report, RunWindow};
 use super::stats::{Totals, VideoSlot};
 use super::usage::Probe;
@@ -39,6 +39,7 @@ pub struct LoadPlan {
     pub impairment: Option<Impairment>,
     /// Per conference, how many participants (the last ones) are impaired.
     pub impaired: usize,
+    pub engine: Engine,
 }
 
 impl LoadPlan {
@@ -102,6 +103,7 @@ impl LoadPlan {
                     audio_slots: self.slots,
                     video_slots: self.slots,
                     impairment: self.impairment.filter(|_| participant >= self.participants - self.impaired),
+                    engine: self.engine,
                 });
             }
         }
@@ -221,7 +223,7 @@ pub async fn run(plan: &LoadPlan, mut on_progress: impl FnMut(&Progress)) -> Res
         let received = Received { heard_from, expected_from, totals, layers_over_time };
         peer_reports.push(PeerReport::new(&peer.plan, peer.join_latency, received, window));
     }
-    for peer in &peers {
+    for peer in &mut peers {
         peer.close().await;
     }
     let usage = plan
@@ -306,6 +308,7 @@ mod tests {
             probes: vec![],
             impairment: Some(Impairment { loss_percent: 5.0, ..Impairment::default() }),
             impaired: 1,
+            engine: Engine::Str0m,
         }
     }
 

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use super::synthetic;
+
 /// Latency samples kept per peer; later ones are dropped (a run is bounded,
 /// so is its memory).
 const MAX_LATENCY_SAMPLES: usize = 200_000;
@@ -93,6 +95,23 @@ pub struct Received {
     pub keyframe_width: Option<u16>,
     /// Sender and latency, when the packet starts a tagged frame.
     pub tagged: Option<(u32, u64)>,
+}
+
+impl Received {
+    /// What a packet whose payload is `payload` tells, `now_micros` after
+    /// the run's epoch (the clock of the senders' tags).
+    pub fn parse(ssrc: u32, seq: u16, marker: bool, video: bool, payload: &[u8], now_micros: u64) -> Self {
+        Self {
+            ssrc,
+            seq,
+            marker,
+            video,
+            payload_len: payload.len(),
+            keyframe_width: video.then(|| synthetic::keyframe_width(payload)).flatten(),
+            tagged: synthetic::read_tag(payload, video)
+                .map(|tag| (tag.sender, now_micros.saturating_sub(tag.sent_micros))),
+        }
+    }
 }
 
 impl ReceiveStats {
