@@ -48,13 +48,15 @@ forwarded() {
 run() { # workers conferences participants
     local before after json
     before=$(forwarded)
-    json=$(target/release/sft-load --engine str0m --sft "http://$SIGNALLING" --conferences "$2" \
+    json=$(/usr/bin/time -f "%U %S %e" -o /tmp/sft-load-time.txt target/release/sft-load --engine str0m --sft "http://$SIGNALLING" --conferences "$2" \
         --participants "$3" --simulcast --video-kbps 300 --duration "$SECONDS_PER_RUN" --ramp 5 \
         --sft-pid "$sft_pid" --json --max-loss 100 || true)
     after=$(forwarded)
-    python3 - "$1" "$2" "$3" "$before" "$after" "$json" <<'EOF'
+    python3 - "$1" "$2" "$3" "$before" "$after" "$json" "$(cat /tmp/sft-load-time.txt)" <<'EOF'
 import json, sys
-workers, conferences, participants, before, after, text = sys.argv[1:7]
+workers, conferences, participants, before, after, text, load_time = sys.argv[1:8]
+user, system, elapsed = map(float, load_time.split()[-3:])
+load_cpu = (user + system) / elapsed
 report = json.loads(text)
 usage = report["sft_usage"][0]
 cpu = usage["cpu_percent"] / 100
@@ -67,13 +69,13 @@ per_core = received_per_second / cpu if cpu else 0
 print(f"| {workers} | {conferences} × {participants} | {peers} / {report['peers']} "
       f"| {cpu * 100:.0f} % | {received_per_second:,.0f} | {per_core:,.0f} | {peers / cpu if cpu else 0:,.0f} "
       f"| {report['loss_percent']:.2f} % | {report['latency_ms']['p50']:.1f} / {report['latency_ms']['p99']:.1f} ms "
-      f"| {usage['rss_bytes'] / 2**20:.0f} MiB |")
+      f"| {usage['rss_bytes'] / 2**20:.0f} MiB | {load_cpu * 100:.0f} % |")
 sys.exit(0 if report["loss_percent"] <= 1.0 and report["joined"] == report["peers"] else 1)
 EOF
 }
 
-echo "| workers | shape | joined | SFT CPU (of one core) | packets/s received | per SFT core-second | participants per core | loss | e2e p50 / p99 | SFT RSS |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| workers | shape | joined | SFT CPU (of one core) | packets/s received | per SFT core-second | participants per core | loss | e2e p50 / p99 | SFT RSS | sft-load CPU (whole run) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for workers in 1 2; do
     for shape in "1 20" "5 10" "20 4"; do
         start_sft "$workers"
@@ -84,7 +86,7 @@ done
 echo
 echo "Growing 4-person calls until loss first exceeds 1 %:"
 for workers in 1 2; do
-    for conferences in 30 40 60 80 100 125; do
+    for conferences in 20 25 30 35 40 50 60 80; do
         start_sft "$workers"
         if ! run "$workers" "$conferences" 4; then
             stop_sft
