@@ -34,8 +34,9 @@ const MAX_PAYLOAD: usize = 1100;
 /// Datagrams read in one go before str0m is polled.
 const READ_BURST: usize = 64;
 
-/// A joined light participant; dropping it ends the session at once,
-/// [`LightSession::close`] says goodbye first.
+/// A joined light participant; dropping it drops the session silently
+/// (the SFT notices after its idle timeout), [`LightSession::close`] says
+/// goodbye first.
 pub struct LightSession {
     stop: Option<oneshot::Sender<()>>,
     driver: tokio::task::JoinHandle<()>,
@@ -271,8 +272,12 @@ impl Driver {
             }
             tokio::select! {
                 _ = &mut stopped => {
-                    self.rtc.disconnect();
-                    let _ = self.poll();
+                    // RTCP BYE, the data channel's close and DTLS
+                    // close_notify: the SFT ends the session at once
+                    // instead of after its idle timeout.
+                    if self.rtc.close().is_ok() {
+                        let _ = self.poll();
+                    }
                     return;
                 }
                 readable = self.socket.readable() => {
