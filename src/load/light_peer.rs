@@ -201,18 +201,20 @@ impl Publisher {
         self.video.iter_mut().for_each(|stream| stream.frame = 0);
     }
 
-    fn publish_due(&mut self, rtc: &mut Rtc, now: Instant, epoch: Instant) {
+    /// Writes what is due at `now`; returns whether anything was.
+    fn publish_due(&mut self, rtc: &mut Rtc, now: Instant, epoch: Instant) -> bool {
+        let due = now >= self.next_audio || now >= self.next_video;
         let micros = now.saturating_duration_since(epoch).as_micros() as u64;
         let tag = Tag { sender: self.sender, sent_micros: micros };
         if now >= self.next_audio {
-            self.next_audio = later_than(self.next_audio + AUDIO_INTERVAL, now);
+            self.next_audio = next_send(self.next_audio, AUDIO_INTERVAL, now);
             if let Some(audio) = &mut self.audio {
                 let time = (micros * 48 / 1000) as u32;
                 audio.write(rtc, now, time, false, synthetic::audio_frame(tag, AUDIO_FRAME_BYTES));
             }
         }
         if now >= self.next_video {
-            self.next_video = later_than(self.next_video + FRAME_INTERVAL, now);
+            self.next_video = next_send(self.next_video, FRAME_INTERVAL, now);
             let time = (micros * 90 / 1000) as u32;
             for stream in &mut self.video {
                 let keyframe = stream.frame.is_multiple_of(KEYFRAME_EVERY);
@@ -227,14 +229,17 @@ impl Publisher {
                 stream.picture_id = (stream.picture_id + 1) & 0x7fff;
             }
         }
+        due
     }
 }
 
-/// `next`, or `now` when the task fell so far behind that catching up
-/// would send a burst.
-fn later_than(next: Instant, now: Instant) -> Instant {
-    if next + Duration::from_millis(100) < now {
-        now
+/// When to send next after a send due at `scheduled`: one `interval`
+/// later, or one interval from `now` when the task fell a whole interval
+/// behind, so a stall never turns into frames sent back to back.
+fn next_send(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = scheduled + interval;
+    if next <= now {
+        now + interval
     } else {
         next
     }
@@ -272,9 +277,8 @@ impl Driver {
             }
             tokio::select! {
                 _ = &mut stopped => {
-                    // RTCP BYE, the data channel's close and DTLS
-                    // close_notify: the SFT ends the session at once
-                    // instead of after its idle timeout.
+                    // RTCP BYE and DTLS close_notify: the SFT ends the
+                    // session at once instead of after its idle timeout.
                     if self.rtc.close().is_ok() {
                         let _ = self.poll();
                     }
@@ -289,13 +293,17 @@ impl Driver {
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
             }
             let now = Instant::now();
+            let mut wrote = false;
             if let Some(publisher) = self.publisher.as_mut().filter(|_| self.opened.is_none()) {
-                publisher.publish_due(&mut self.rtc, now, self.epoch);
+                wrote = publisher.publish_due(&mut self.rtc, now, self.epoch);
             }
-            if now >= self.next_timeout && self.rtc.handle_input(Input::Timeout(now)).is_err() {
+            // str0m releases written packets on a tick.
+            if (wrote || now >= self.next_timeout) && self.rtc.handle_input(Input::Timeout(now)).is_err() {
                 return;
             }
-            if self.poll().is_err() {
+            // Closed by the SFT (or a fatal error): nothing more will flow,
+            // and writes would only queue up.
+            if self.poll().is_err() || !self.rtc.is_alive() {
                 return;
             }
         }
@@ -391,7 +399,10 @@ mod tests {
     #[test]
     fn a_late_schedule_restarts_from_now_instead_of_bursting() {
         let now = Instant::now();
-        assert_eq!(later_than(now + FRAME_INTERVAL, now), now + FRAME_INTERVAL);
-        assert_eq!(later_than(now, now + Duration::from_secs(1)), now + Duration::from_secs(1));
+        assert_eq!(next_send(now, FRAME_INTERVAL, now), now + FRAME_INTERVAL, "on time");
+        let a_little_late = now + FRAME_INTERVAL / 2;
+        assert_eq!(next_send(now, FRAME_INTERVAL, a_little_late), now + FRAME_INTERVAL, "keeps the beat");
+        let stalled = now + Duration::from_secs(1);
+        assert_eq!(next_send(now, FRAME_INTERVAL, stalled), stalled + FRAME_INTERVAL, "no burst after a stall");
     }
 }
