@@ -323,9 +323,10 @@ const RESEND_CACHE_AGE: Duration = Duration::from_secs(3);
 /// one or two packets a second at a low layer's 25 packets a second: with
 /// 5 % loss, and a NACK repeated each time a resend is late or lost, the
 /// cap was hit often enough that a lost packet stayed lost and the video
-/// froze until the next keyframe. Half still bounds what a client's NACK
-/// flood can make the SFT send it (no more resent than fresh bytes).
-const RESEND_SHARE_CAP: Option<f32> = Some(0.5);
+/// froze until the next keyframe. Half was too much the other way: behind
+/// a congested link, resends took bandwidth from fresh packets and loss
+/// fed on itself (27–41 % loss in two of three runs). 30 % passed both.
+const RESEND_SHARE_CAP: Option<f32> = Some(0.3);
 
 fn slot_tx(rtc: &mut Rtc, mid: &str) -> Option<SlotTx> {
     let mid = Mid::from(mid);
