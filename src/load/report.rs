@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use clap::ValueEnum;
 use serde::Serialize;
 
 use super::peer::{Engine, PeerPlan};
@@ -215,10 +216,7 @@ impl Report {
             self.participants,
             self.publishers,
             if self.simulcast { ", simulcast" } else { "" },
-            match self.engine {
-                Engine::WebrtcRs => "webrtc-rs",
-                Engine::Str0m => "str0m",
-            },
+            self.engine.to_possible_value().expect("every engine is selectable").get_name(),
             self.window_seconds
         );
         let rows = [
